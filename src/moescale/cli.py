@@ -1,0 +1,65 @@
+"""The `moescale` command.
+
+Each subcommand lives beside the code it drives (`moescale.laws.cli_fit`, `moescale.data.cli`, ...)
+and exposes `add_arguments(parser)` and `run(args) -> int`. Those modules import torch lazily,
+so `moescale fit` and `moescale plan` start without loading it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from moescale.errors import UserError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("moescale.info", "parameters and FLOPs of a model config"),
+    "corpus": ("moescale.data.cli", "build the bundled corpus or tokenize your own files"),
+    "train": ("moescale.train.cli", "train one model from a config"),
+    "fit": ("moescale.laws.cli_fit", "fit a scaling law to a results table"),
+    "plan": ("moescale.laws.cli_plan", "compute-optimal allocation from a fitted law"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """All commands are listed; only `command`'s module is imported to add its arguments, so
+    one command's start-up never pays for another's imports (or breaks with them)."""
+    parser = argparse.ArgumentParser(
+        prog="moescale",
+        description="Dense vs MoE vs fine-grained MoE: train the ladder, fit the laws, plan the run.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_text) in COMMANDS.items():
+        if name != command:
+            sub.add_parser(name, help=help_text)
+            continue
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        print(f"moescale {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head`: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
+    except KeyboardInterrupt:
+        print(f"moescale {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""Typed configs, loaded from YAML and validated up front.
+
+Every config is a dataclass; `load_config` turns a YAML mapping into them, rejecting unknown keys
+and bad values with a `ConfigError` that names the dotted key and what it accepts, so a typo fails
+in the first second of a run instead of after an hour of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from moescale.errors import ConfigError
+
+RouterKind = Literal["softmax_after_topk", "softmax_before_topk", "sigmoid"]
+BackendKind = Literal["auto", "reference", "grouped"]
+ScheduleKind = Literal["cosine", "wsd", "constant"]
+DeviceKind = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass
+class MoEConfig:
+    experts: int = 8  # E: standard-size (d_ff) experts' worth of parameters
+    granularity: int = 1  # G: each standard expert becomes G experts of hidden d_ff/G
+    top_k: int = 2  # k in standard units: a token goes to k*G fine-grained experts
+    shared_experts: int = 0  # always-on experts, standard-size units
+    router: RouterKind = "softmax_after_topk"
+    normalize_topk: bool = False  # softmax_before_topk / sigmoid: renormalise kept weights
+    aux_loss_coef: float = 0.01
+    z_loss_coef: float = 0.001
+    capacity_factor: float | None = None  # None: dropless
+    bias_update_rate: float = 0.0  # sigmoid router: aux-loss-free balancing step (0: off)
+    every: int = 1  # every n-th block (counting from the last) is MoE; 1: all blocks
+    backend: BackendKind = "auto"
+
+    @property
+    def routed_experts(self) -> int:
+        return self.experts * self.granularity
+
+    @property
+    def active_experts(self) -> int:
+        return self.top_k * self.granularity
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 512  # SwiGLU hidden size of the dense FFN an MoE layer replaces
+    vocab_size: int = 4096
+    seq_len: int = 128
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    moe: MoEConfig | None = None  # None: dense model
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def is_moe_layer(self, layer: int) -> bool:
+        if self.moe is None:
+            return False
+        return (self.n_layers - 1 - layer) % self.moe.every == 0
+
+
+@dataclass
+class TrainConfig:
+    tokens: int = 2_000_000  # training tokens (sequences * seq_len, rounded to whole steps)
+    batch_size: int = 32  # sequences per optimizer step
+    micro_batch_size: int | None = None  # sequences per forward pass; None: batch_size
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine and wsd decay to lr * min_lr_ratio
+    schedule: ScheduleKind = "cosine"
+    warmup_frac: float = 0.02
+    decay_frac: float = 0.2  # wsd: fraction of steps spent in the final decay
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0: no clipping
+    seed: int = 0
+    log_every: int = 10  # steps
+    eval_every: int = 100  # steps; also at the end
+    eval_tokens: int = 65_536  # held-out tokens per evaluation
+    checkpoint_every: int = 100  # steps
+    keep_checkpoints: int = 2
+    out_dir: str | None = None  # None: runs/<config file stem>
+    device: DeviceKind = "auto"
+    compile: bool = False
+    noise_scale: bool = False  # estimate the gradient noise scale (needs accumulation > 1)
+
+
+@dataclass
+class DataConfig:
+    corpus: str | list[str] = "bundled"  # "bundled" or paths / globs of .txt, .jsonl, .parquet
+    text_field: str = "text"  # JSONL key holding the text
+    text_column: str = "text"  # Parquet column holding the text
+    val_fraction: float = 0.05  # share of documents held out (user files)
+    cache_dir: str | None = None  # None: $MOESCALE_CACHE or ~/.cache/moescale
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Building dataclasses from plain mappings
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}.")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad
+        arms = [a for a in args if a is not type(None)]
+        if len(arms) == 1:  # Optional[X]: X's own error is the informative one
+            return _coerce(arms[0], value, key)
+        for arg in arms:
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise bad
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        (inner,) = typing.get_args(tp)
+        return [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise bad
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):  # YAML reads 2e6 as a string
+            try:
+                f = float(value)
+            except ValueError:
+                raise bad from None
+            if f.is_integer():
+                return int(f)
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            v = float(value)
+        elif isinstance(value, str):  # YAML reads 3e-4 (no dot) as a string
+            try:
+                v = float(value)
+            except ValueError:
+                raise bad from None
+        else:
+            raise bad
+        if not math.isfinite(v):
+            raise ConfigError(f"{key}: got {value!r}, expected a finite number.")
+        return v
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise bad
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(
+                f"unknown key '{where}'. Accepted keys{' in ' + prefix if prefix else ''}: "
+                + ", ".join(names)
+                + "."
+            )
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], f"{prefix}.{name}" if prefix else name)
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation of values (types are checked while building)
+
+
+def _positive(key: str, value: float | int) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: got {value}, must be positive.")
+
+
+def validate_model(m: ModelConfig) -> None:
+    for name in ("d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "seq_len"):
+        _positive(f"model.{name}", getattr(m, name))
+    _positive("model.init_std", m.init_std)
+    _positive("model.rope_theta", m.rope_theta)
+    _positive("model.norm_eps", m.norm_eps)
+    if m.d_model % m.n_heads:
+        raise ConfigError(
+            f"model.n_heads: {m.n_heads} does not divide model.d_model = {m.d_model}; "
+            "choose n_heads among the divisors of d_model."
+        )
+    if m.head_dim % 2:
+        raise ConfigError(
+            f"model.n_heads: head size d_model / n_heads = {m.head_dim} must be even for RoPE."
+        )
+    if m.vocab_size > 2**32:
+        raise ConfigError("model.vocab_size: at most 2**32 tokens are supported.")
+    if m.moe is None:
+        return
+    e = m.moe
+    for name in ("experts", "granularity", "top_k", "every"):
+        _positive(f"model.moe.{name}", getattr(e, name))
+    if e.shared_experts < 0:
+        raise ConfigError(f"model.moe.shared_experts: got {e.shared_experts}, must be >= 0.")
+    if e.top_k > e.experts:
+        raise ConfigError(
+            f"model.moe.top_k: {e.top_k} is more than model.moe.experts = {e.experts}; "
+            f"top_k must be between 1 and {e.experts}."
+        )
+    if m.d_ff % e.granularity:
+        divisors = [g for g in range(1, min(m.d_ff, 64) + 1) if m.d_ff % g == 0]
+        raise ConfigError(
+            f"model.moe.granularity: {e.granularity} does not divide model.d_ff = {m.d_ff}; "
+            f"accepted values include {divisors}."
+        )
+    if e.capacity_factor is not None:
+        _positive("model.moe.capacity_factor", e.capacity_factor)
+    if e.aux_loss_coef < 0 or e.z_loss_coef < 0 or e.bias_update_rate < 0:
+        raise ConfigError("model.moe: aux_loss_coef, z_loss_coef and bias_update_rate must be >= 0.")
+    if e.bias_update_rate > 0 and e.router != "sigmoid":
+        raise ConfigError(
+            "model.moe.bias_update_rate: aux-loss-free bias balancing needs router: sigmoid."
+        )
+
+
+def validate_train(t: TrainConfig) -> None:
+    for name in ("tokens", "batch_size", "lr", "log_every", "eval_every", "eval_tokens"):
+        _positive(f"train.{name}", getattr(t, name))
+    _positive("train.checkpoint_every", t.checkpoint_every)
+    _positive("train.keep_checkpoints", t.keep_checkpoints)
+    if t.micro_batch_size is not None:
+        _positive("train.micro_batch_size", t.micro_batch_size)
+        if t.batch_size % t.micro_batch_size:
+            raise ConfigError(
+                f"train.micro_batch_size: {t.micro_batch_size} does not divide train.batch_size = "
+                f"{t.batch_size}; pick a divisor of the batch size."
+            )
+    for name in ("warmup_frac", "decay_frac", "min_lr_ratio"):
+        v = getattr(t, name)
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"train.{name}: got {v}, must be between 0 and 1.")
+    if not (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1):
+        raise ConfigError("train.beta1 / train.beta2: must be in [0, 1).")
+    _positive("train.eps", t.eps)
+    if t.weight_decay < 0 or t.grad_clip < 0:
+        raise ConfigError("train.weight_decay / train.grad_clip: must be >= 0.")
+    if t.seed < 0:
+        raise ConfigError(f"train.seed: got {t.seed}, must be >= 0.")
+
+
+def validate_data(d: DataConfig) -> None:
+    if not 0.0 < d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: got {d.val_fraction}, must be between 0 and 1.")
+    if isinstance(d.corpus, list) and not d.corpus:
+        raise ConfigError("data.corpus: the list of files is empty; give paths or 'bundled'.")
+
+
+def validate(cfg: Config) -> Config:
+    validate_model(cfg.model)
+    validate_train(cfg.train)
+    validate_data(cfg.data)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, overrides, saving
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set train.lr=0.001.")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: the key is empty.")
+    return key.split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = data
+        for part in path[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is not a section.")
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a YAML mapping with sections model, train, data.")
+    return validate(_build(Config, data, ""))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a YAML mapping.")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a config; errors name the file and key."""
+    data = apply_overrides(read_yaml(path), overrides or [])
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if cfg.train.out_dir is None:
+        cfg.train.out_dir = str(Path("runs") / Path(path).stem)
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
