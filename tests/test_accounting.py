@@ -43,7 +43,8 @@ def test_hand_counts_and_granularity_invariance():
         assert acc.params_total == attn_norm + L * (4 * 3 * d * ff + d * 4 * g)
         assert acc.params_active == attn_norm + L * (2 * 3 * d * ff + d * 4 * g)
         assert acc.params_total - acc.params_router == attn_norm + L * 4 * 3 * d * ff
-        assert (acc.routed_experts, acc.active_experts, acc.expert_hidden) == (4 * g, 2 * g, ff // g)
+        shape = (acc.routed_experts, acc.active_experts, acc.expert_hidden)
+        assert shape == (4 * g, 2 * g, ff // g)
         assert acc.flops_per_token_simple == 6 * acc.params_active
 
 

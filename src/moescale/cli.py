@@ -29,7 +29,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     one command's start-up never pays for another's imports (or breaks with them)."""
     parser = argparse.ArgumentParser(
         prog="moescale",
-        description="Dense vs MoE vs fine-grained MoE: train the ladder, fit the laws, plan the run.",
+        description="Dense vs MoE vs fine-grained MoE: train the ladder, fit the laws, plan a run.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

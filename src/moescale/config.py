@@ -279,7 +279,9 @@ def validate_model(m: ModelConfig) -> None:
     if e.capacity_factor is not None:
         _positive("model.moe.capacity_factor", e.capacity_factor)
     if e.aux_loss_coef < 0 or e.z_loss_coef < 0 or e.bias_update_rate < 0:
-        raise ConfigError("model.moe: aux_loss_coef, z_loss_coef and bias_update_rate must be >= 0.")
+        raise ConfigError(
+            "model.moe: aux_loss_coef, z_loss_coef and bias_update_rate must be >= 0."
+        )
     if e.bias_update_rate > 0 and e.router != "sigmoid":
         raise ConfigError(
             "model.moe.bias_update_rate: aux-loss-free bias balancing needs router: sigmoid."

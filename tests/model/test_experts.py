@@ -13,7 +13,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def run_backend(backend, x, idx, w, w13, w2):
     leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, w13, w2)]
     y = expert_forward(leaves[0], idx, leaves[1], leaves[2], leaves[3], backend=backend)
-    dy = torch.randn_like(y, generator=torch.Generator().manual_seed(1))
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y)
     (y * dy).sum().backward()
     return y.detach(), [t.grad for t in leaves]
 
@@ -33,7 +33,14 @@ def random_routing(t, n_exp, k, gen, starve=0, drop_frac=0.0):
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
 @pytest.mark.parametrize(
     "G,k,starve,drop",
-    [(1, 2, 0, 0.0), (2, 2, 1, 0.0), (4, 2, 3, 0.2), (8, 2, 5, 0.0), (8, 1, 0, 0.3), (4, 4, 0, 0.0)],
+    [
+        (1, 2, 0, 0.0),
+        (2, 2, 1, 0.0),
+        (4, 2, 3, 0.2),
+        (8, 2, 5, 0.0),
+        (8, 1, 0, 0.3),
+        (4, 4, 0, 0.0),
+    ],
 )
 def test_backend_matches_reference(backend, G, k, starve, drop):
     gen = torch.Generator().manual_seed(1000 * G + 10 * k + starve)
@@ -61,3 +68,23 @@ def test_all_slots_dropped_gives_zero_output():
     w = torch.rand(5, 2)
     y = expert_forward(x, idx, w, torch.randn(3, 8, 8), torch.randn(3, 4, 8), backend="grouped")
     assert torch.all(y == 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("G", [1, 8])
+def test_cuda_grouped_mm_path_matches_reference_in_float64(G):
+    """The bf16 grouped GEMM path against the float64 reference of the same bf16 inputs."""
+    gen = torch.Generator().manual_seed(G)
+    E, k, d, d_ff, t = 8, 2, 128, 512, 512
+    n_exp, hid = E * G, d_ff // G
+    x = torch.randn(t, d, generator=gen)
+    w13 = torch.randn(n_exp, d, 2 * hid, generator=gen) * 0.1
+    w2 = torch.randn(n_exp, hid, d, generator=gen) * 0.1
+    idx, w = random_routing(t, n_exp, k * G, gen, starve=3)
+    cuda = [a.cuda().bfloat16() for a in (x, w, w13, w2)]
+    y, grads = run_backend("grouped", cuda[0], idx.cuda(), *cuda[1:])
+    ref = [a.double() for a in cuda]
+    y_ref, g_ref = run_backend("reference", ref[0], idx.cuda(), *ref[1:])
+    assert rel_err(y.double(), y_ref) < 2e-2
+    for a, b in zip(grads, g_ref, strict=True):
+        assert rel_err(a.double(), b) < 3e-2

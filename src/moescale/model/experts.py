@@ -11,10 +11,10 @@ skipped. Backends:
 - `reference`: a plain loop over experts with boolean masks. Slow and obviously correct: the
   oracle every other backend is tested against, forward and backward.
 - `grouped`: sort slots by expert once, then one matmul per expert on a contiguous slice (CPU, or
-  any device/dtype without grouped GEMM) or one `torch._grouped_mm` per projection (CUDA, bf16,
-  sm90+). The CPU path is a custom autograd function: it never materialises the (slots x d_model)
-  copy of the input that autograd would save, re-gathers it in backward instead, and keeps each
-  expert's working set in cache. That data movement, not FLOPs, is the cost of fine granularity.
+  a GPU without grouped GEMM) or one `torch._grouped_mm` per projection (CUDA sm80+). The loop
+  is a custom autograd function: it never keeps the (slots x d_model) copy of the input that
+  autograd would save, re-gathers it in backward instead, and keeps each expert's working set in
+  cache. That data movement, not FLOPs, is the cost of fine granularity.
 
 `expert_forward(..., backend="auto")` picks `grouped`, which is correct everywhere.
 Legend: T tokens, D d_model, X routed experts (E*G), F expert hidden (d_ff/G), H = 2F, K slots per
@@ -122,9 +122,19 @@ class _LoopExperts(torch.autograd.Function):
 
 
 def _grouped_mm_ok(x: torch.Tensor) -> bool:
-    if not (x.is_cuda and hasattr(torch, "_grouped_mm") and x.dtype == torch.bfloat16):
+    """torch._grouped_mm runs on CUDA sm80+ (torch >= 2.9) in any float dtype; on CPU it exists
+    but was slower than the loop below in our benchmark, so the CPU takes the loop."""
+    if not (x.is_cuda and hasattr(torch, "_grouped_mm")):
         return False
-    return torch.cuda.get_device_capability(x.device)[0] >= 9
+    return torch.cuda.get_device_capability(x.device) >= (8, 0)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """Under autocast, the expert matmuls run in the autocast dtype, like nn.Linear would."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
 
 
 def grouped_experts(
@@ -134,16 +144,23 @@ def grouped_experts(
     w13_XDH: torch.Tensor,
     w2_XFD: torch.Tensor,
 ) -> torch.Tensor:
-    n_experts, n_hidden = w13_XDH.shape[0], w2_XFD.shape[1]
-    order_M, tok_M, counts_X = _sort_slots(expert_idx_TK, n_experts)
-    w_M = weight_TK.reshape(-1)[order_M].to(x_TD.dtype)
-    if _grouped_mm_ok(x_TD):
+    dtype = _compute_dtype(x_TD)
+    with torch.autocast(x_TD.device.type, enabled=False):
+        x_TD, w13_XDH, w2_XFD = x_TD.to(dtype), w13_XDH.to(dtype), w2_XFD.to(dtype)
+        n_tok, k = expert_idx_TK.shape
+        n_experts, n_hidden = w13_XDH.shape[0], w2_XFD.shape[1]
+        order_M, tok_M, counts_X = _sort_slots(expert_idx_TK, n_experts)
+        w_M = weight_TK.reshape(-1)[order_M].to(dtype)
+        if not _grouped_mm_ok(x_TD):
+            return _LoopExperts.apply(x_TD, w_M, w13_XDH, w2_XFD, tok_M, counts_X.tolist())
         offs_X = torch.cumsum(counts_X, 0).to(torch.int32)
         ab_MH = torch._grouped_mm(x_TD[tok_M], w13_XDH, offs=offs_X)
         g_MF = F.silu(ab_MH[:, :n_hidden]) * ab_MH[:, n_hidden:] * w_M[:, None]
         out_MD = torch._grouped_mm(g_MF, w2_XFD, offs=offs_X)
-        return torch.zeros_like(x_TD).index_add(0, tok_M, out_MD)
-    return _LoopExperts.apply(x_TD, w_M, w13_XDH, w2_XFD, tok_M, counts_X.tolist())
+        # Back to slot order, then sum each token's K slots: no atomics (index_add_ would be
+        # non-deterministic on CUDA), accumulation in float32. Dropped slots stay zero.
+        out_SD = out_MD.new_zeros(n_tok * k, out_MD.shape[1]).index_copy(0, order_M, out_MD)
+        return out_SD.view(n_tok, k, -1).sum(1, dtype=torch.float32).to(dtype)
 
 
 BACKENDS: dict[str, Backend] = {"reference": reference_experts, "grouped": grouped_experts}

@@ -1,7 +1,8 @@
 """The MoE feed-forward layer: router, balancing losses, capacity, metrics (science.md section 1).
 
 Legend: T tokens, D d_model, X routed experts (E*G), F expert hidden (d_ff/G), K slots per token
-(k*G), H = 2F (gate and up packed). `logits_TX` router logits, `expert_idx_TK` chosen experts, `weight_TK` their weights.
+(k*G), H = 2F (gate and up packed). `logits_TX` router logits, `expert_idx_TK` chosen experts,
+`weight_TK` their weights.
 
 Fine granularity G splits each of the E standard experts into G experts of hidden d_ff/G and
 routes each token to k*G of them, so total and active expert parameters equal the G = 1 layer's;

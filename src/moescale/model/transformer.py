@@ -111,7 +111,8 @@ class Transformer(nn.Module):
 
     def forward(self, idx_BS: torch.Tensor) -> ModelOutput:
         if idx_BS.shape[1] > self.cfg.seq_len:
-            raise ValueError(f"sequence length {idx_BS.shape[1]} > model.seq_len {self.cfg.seq_len}")
+            n, limit = idx_BS.shape[1], self.cfg.seq_len
+            raise ValueError(f"sequence of {n} tokens is longer than model.seq_len = {limit}")
         x = self.embed(idx_BS)
         stats: list[MoEStats] = []
         for block in self.blocks:

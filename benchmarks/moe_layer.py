@@ -1,0 +1,265 @@
+"""Forward+backward time of one MoE layer: our backends vs transformers' MoE block vs a dense FFN.
+
+All implementations run in the same process on the same inputs and weights, interleaved, so the
+ratios are meaningful even on a noisy machine. Peers:
+- `grouped`, `reference`: moescale's expert backends (softmax_after_topk router).
+- `hf_default`, `hf_fastest`: the installed transformers' Qwen3-MoE sparse block with the same
+  weights, using the experts implementation a model would pick by default, and the fastest of
+  the ones it offers here (`eager`, `batched_mm`, `grouped_mm`). Qwen3's router (softmax, top-k,
+  renormalise) equals softmax_after_topk, so the outputs are checked to agree.
+- `dense`: a SwiGLU FFN of hidden k*d_ff: the same active FLOPs, the practical speed limit.
+
+    python benchmarks/moe_layer.py [--json OUT] [--granularity 1 2 4 8] [--repeats 5]
+    python benchmarks/moe_layer.py --device cuda --dtype bf16 --d-model 2048 --d-ff 8192 \
+        --tokens 32768 --granularity 1 8     # adds TFLOP/s vs a plain matmul of equal FLOPs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from moescale.config import MoEConfig  # noqa: E402
+from moescale.model.moe import MoEFFN, SwiGLU  # noqa: E402
+
+HF_IMPLS = ("eager", "batched_mm", "grouped_mm")
+
+
+def hf_block(layer: MoEFFN, d_model: int, d_ff: int, impl: str):
+    """transformers' Qwen3-MoE block holding `layer`'s weights, or None if unavailable."""
+    try:
+        from transformers.models.qwen3_moe.configuration_qwen3_moe import Qwen3MoeConfig
+        from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
+    except ImportError:
+        return None
+    cfg = layer.cfg
+    hf_cfg = Qwen3MoeConfig(
+        hidden_size=d_model,
+        moe_intermediate_size=d_ff // cfg.granularity,
+        num_experts=cfg.routed_experts,
+        num_experts_per_tok=cfg.active_experts,
+        norm_topk_prob=True,
+        hidden_act="silu",
+    )
+    hf_cfg._experts_implementation = impl
+    block = Qwen3MoeSparseMoeBlock(hf_cfg)
+    with torch.no_grad():
+        block.gate.weight.copy_(layer.router.weight)
+        block.experts.gate_up_proj.copy_(layer.w13_XDH.transpose(1, 2))
+        block.experts.down_proj.copy_(layer.w2_XFD.transpose(1, 2))
+    return block
+
+
+def hf_default_impl() -> str | None:
+    """The experts implementation a transformers model picks when none is requested."""
+    try:
+        from transformers import Qwen3MoeConfig, Qwen3MoeModel
+    except ImportError:
+        return None
+    tiny = Qwen3MoeConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        moe_intermediate_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        vocab_size=32,
+        head_dim=8,
+    )
+    return Qwen3MoeModel(tiny).config._experts_implementation
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def step_fn(module, x, dy, add_batch_dim=False):
+    """One forward+backward of `module` on leaf input x with a fixed random output gradient."""
+
+    def step():
+        x.grad = None
+        for p in module.parameters():
+            p.grad = None
+        y = module(x[None] if add_batch_dim else x)
+        y = y[0] if isinstance(y, tuple) else y  # MoEFFN returns (y, stats)
+        (y.reshape(dy.shape) * dy).sum().backward()
+
+    return step
+
+
+def measure(fns: dict, repeats: int, device: str) -> dict[str, float]:
+    """Median ms per call; implementations interleaved round by round to share the noise.
+    An implementation that fails (out of memory, say) is reported and left out."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name in list(times):
+            try:
+                sync(device)
+                t = time.perf_counter()
+                fns[name]()
+                sync(device)
+            except (RuntimeError, torch.OutOfMemoryError) as exc:
+                print(f"    ({name} failed here: {str(exc).splitlines()[0][:90]})")
+                del times[name]
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                continue
+            times[name].append((time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v[1:]) for k, v in times.items()}
+
+
+def matmul_tflops(tokens: int, d_model: int, width: int, device, dtype, repeats: int) -> float:
+    a = torch.randn(tokens, d_model, device=device, dtype=dtype)
+    b = torch.randn(d_model, width, device=device, dtype=dtype)
+    ms = measure({"mm": lambda: a @ b}, repeats, str(device))["mm"]
+    return 2 * tokens * d_model * width / (ms * 1e-3) / 1e12
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--d-ff", type=int, default=1024)
+    ap.add_argument("--experts", type=int, default=8)
+    ap.add_argument("--top-k", type=int, default=2)
+    ap.add_argument("--granularity", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--no-reference", action="store_true", help="skip the slow reference loop")
+    ap.add_argument("--json", help="write the rows here")
+    args = ap.parse_args()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    default_impl = hf_default_impl()
+    d, ff, k = args.d_model, args.d_ff, args.top_k
+    rows = []
+    header = f"{'G':>3} {'impl':<12} {'ms':>9} {'vs grouped':>11}  note"
+    print(
+        f"MoE layer fwd+bwd: d_model {d}, d_ff {ff}, E {args.experts}, k {k}, "
+        f"{args.tokens} tokens, {args.dtype} on {args.device} ({torch.get_num_threads()} threads)"
+    )
+    print(header)
+    print("-" * len(header))
+    for g in args.granularity:
+        cfg = MoEConfig(experts=args.experts, granularity=g, top_k=k, backend="grouped")
+        layer = MoEFFN(d, ff, cfg)
+        layer.init_weights(0.02, 0.02)
+        layer = layer.to(device=device, dtype=dtype)
+        x = torch.randn(args.tokens, d, device=device, dtype=dtype, requires_grad=True)
+        dy = torch.randn(args.tokens, d, device=device, dtype=dtype)
+        fns, notes = {}, {}
+        fns["grouped"] = step_fn(layer, x, dy)
+        if not args.no_reference:
+            ref = MoEFFN(d, ff, MoEConfig(**{**cfg.__dict__, "backend": "reference"}))
+            ref.load_state_dict(layer.state_dict())
+            fns["reference"] = step_fn(ref.to(device=device, dtype=dtype), x, dy)
+        blocks = {}
+        for impl in HF_IMPLS:
+            block = hf_block(layer, d, ff, impl)
+            if block is not None:
+                block = block.to(device=device, dtype=dtype)
+                blocks[impl] = block
+                fns[f"hf_{impl}"] = step_fn(block, x, dy, add_batch_dim=True)
+        dense = SwiGLU(d, k * ff).to(device=device, dtype=dtype)
+        fns["dense"] = step_fn(dense, x, dy)
+        if blocks and dtype == torch.float32:  # same routing and weights: outputs must agree
+            # (in bf16, HF's bf16 router logits pick other experts on near-ties; not comparable)
+            with torch.no_grad():
+                ours = layer(x)[0].float()
+                theirs = blocks["eager"](x[None])[0].float()
+            err = float((ours - theirs).abs().max() / ours.abs().max())
+            if err > 1e-4:
+                raise SystemExit(f"transformers block disagrees with ours at G={g}: rel err {err}")
+        ms = measure(fns, args.repeats, args.device)
+        hf = {name[3:]: t for name, t in ms.items() if name.startswith("hf_")}
+        if hf:
+            fastest = min(hf, key=hf.get)
+            ms["hf_fastest"] = hf[fastest]
+            notes["hf_fastest"] = fastest
+            if default_impl in hf:
+                ms["hf_default"] = hf[default_impl]
+                notes["hf_default"] = default_impl
+        order = ["grouped", "reference", "hf_default", "hf_fastest", "dense"]
+        for name in order + sorted(k_ for k_ in ms if k_.startswith("hf_") and k_ not in order):
+            if name not in ms:
+                continue
+            row = {
+                "impl": name,
+                "granularity": g,
+                "ms": round(ms[name], 3),
+                "d_model": d,
+                "d_ff": ff,
+                "experts": args.experts,
+                "top_k": k,
+                "tokens": args.tokens,
+                "dtype": args.dtype,
+                "device": args.device,
+            }
+            if name in notes:
+                row["hf_impl"] = notes[name]
+            rows.append(row)
+            print(
+                f"{g:>3} {name:<12} {ms[name]:>9.1f} {ms[name] / ms['grouped']:>10.2f}x  "
+                f"{notes.get(name, '')}"
+            )
+        flops = 3 * 2 * args.tokens * k * 3 * d * ff  # expert matmuls, fwd + bwd
+        if args.device.startswith("cuda"):
+            tf = flops / (ms["grouped"] * 1e-3) / 1e12
+            peak = matmul_tflops(args.tokens, d, 3 * k * ff, device, dtype, args.repeats)
+            rows.append(
+                {
+                    "impl": "grouped_tflops",
+                    "granularity": g,
+                    "tflops": tf,
+                    "matmul_tflops": peak,
+                    "ratio": tf / peak,
+                }
+            )
+            print(
+                f"    grouped {tf:.1f} TFLOP/s vs plain matmul of equal FLOPs "
+                f"{peak:.1f} TFLOP/s ({tf / peak:.0%})"
+            )
+    print()
+    for g in args.granularity:
+        by = {r["impl"]: r.get("ms") for r in rows if r["granularity"] == g and "ms" in r}
+        parts = [f"G={g}:"]
+        if "hf_default" in by:
+            parts.append(f"hf_default/grouped {by['hf_default'] / by['grouped']:.2f}x")
+        if "hf_fastest" in by:
+            parts.append(f"hf_fastest/grouped {by['hf_fastest'] / by['grouped']:.2f}x")
+        parts.append(f"dense/grouped {by['dense'] / by['grouped']:.2f}")
+        print("  ".join(parts))
+    if args.json:
+        machine = {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "device": args.device,
+            "hf_default_impl": default_impl,
+        }
+        if args.device.startswith("cuda"):
+            machine["gpu"] = torch.cuda.get_device_name(device)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

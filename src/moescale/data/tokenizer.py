@@ -1,0 +1,109 @@
+"""Byte-level BPE (Hugging Face `tokenizers`) trained on the train split only.
+
+Byte-level means every string is encodable (no unknown token) and the 256 byte symbols are
+always in the vocabulary; `<|endoftext|>` is token 0 and separates documents in the shards.
+Training is deterministic for a given corpus and vocabulary size: the trainer breaks ties
+between equally frequent pairs by pair id, and the saved JSON is ordered by id, which
+`tests/data/test_tokenizer.py` checks across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from moescale.data.corpus import EOS, atomic_write_bytes
+from moescale.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+N_BYTES = 256
+MIN_VOCAB = N_BYTES + 1  # every byte plus <|endoftext|>
+TRAIN_BYTES_CAP = 200_000_000  # train the tokenizer on at most this much text (evenly sampled)
+
+
+def check_vocab_size(vocab_size: int) -> None:
+    if vocab_size < MIN_VOCAB:
+        raise ConfigError(
+            f"model.vocab_size: {vocab_size} is too small for a byte-level BPE tokenizer, which "
+            f"needs the 256 bytes plus {EOS}; use at least {MIN_VOCAB} (e.g. 4096)."
+        )
+
+
+def _sample(docs: Sequence[str], cap: int) -> Iterator[str]:
+    """Evenly spaced documents up to ~cap bytes: bounded time on big corpora, deterministic."""
+    total = sum(len(d) for d in docs)
+    stride = max(1, -(-total // cap)) if total > cap else 1
+    yield from docs[::stride]
+
+
+def train_tokenizer(
+    docs: Sequence[str],
+    vocab_size: int,
+    cap_bytes: int = TRAIN_BYTES_CAP,
+) -> Tokenizer:
+    """Train a byte-level BPE with `<|endoftext|>` as token 0 on `docs`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    check_vocab_size(vocab_size)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    sample = list(_sample(docs, cap_bytes))
+    tok.train_from_iterator(sample, trainer=trainer, length=len(sample))
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, path: Path) -> None:
+    atomic_write_bytes(path, tok.to_str(pretty=True).encode())
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
+
+
+def eos_id(tok: Tokenizer) -> int:
+    i = tok.token_to_id(EOS)
+    if i is None:
+        raise ValueError(f"tokenizer has no {EOS} token")
+    return int(i)
+
+
+# Splitting a document just before a blank line leaves the byte-level pre-tokenization (and so
+# the ids) unchanged, because the GPT-2 regex already cuts there; the pieces balance the work of
+# a few very long documents (Paradise Lost, a Bible book) across threads.
+_PARAGRAPH = re.compile(r"(?<=\S)(?=\n\n)")
+
+
+def encode_documents(tok: Tokenizer, docs: Sequence[str], chunk: int = 256) -> Iterator[list[int]]:
+    """Token ids of each document followed by `<|endoftext|>`, one list per chunk of docs."""
+    eos = eos_id(tok)
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # fast: no offsets
+    for start in range(0, len(docs), chunk):
+        pieces: list[str] = []
+        ends: list[int] = []
+        for doc in docs[start : start + chunk]:
+            pieces.extend(_PARAGRAPH.split(doc))
+            ends.append(len(pieces))
+        encs = encode(pieces, add_special_tokens=False)
+        ids: list[int] = []
+        begin = 0
+        for end in ends:
+            for enc in encs[begin:end]:
+                ids.extend(enc.ids)
+            ids.append(eos)
+            begin = end
+        yield ids
