@@ -1,0 +1,72 @@
+"""Scaling laws: forms, fitting (variable projection, Huber/LSE, bootstrap, hold-out),
+hyperparameter laws, and compute-optimal allocation. Pure NumPy/SciPy; never imports torch."""
+
+from moescale.laws.allocate import (
+    DATA_EFFICIENCY_DEFINITION,
+    Allocation,
+    Comparison,
+    GranularityOptimum,
+    allocate,
+    budget_for_loss,
+    closed_form_allocation,
+    compare,
+    optimal_granularity,
+    p0_n_total,
+    routing_aware_flops,
+)
+from moescale.laws.fit import FitResult, bootstrap, fit_law
+from moescale.laws.forms import (
+    BUILTIN,
+    LawForm,
+    chinchilla,
+    custom,
+    get_form,
+    kaplan,
+    krajewski,
+    wang,
+)
+from moescale.laws.hyper import (
+    Heatmap,
+    HyperLaws,
+    PowerLaw,
+    batch_heatmap,
+    fit_hyper_laws,
+    fit_power_law,
+    hyper_laws_from_table,
+    lr_heatmap,
+)
+from moescale.laws.table import read_table
+
+__all__ = [
+    "BUILTIN",
+    "DATA_EFFICIENCY_DEFINITION",
+    "Allocation",
+    "Comparison",
+    "FitResult",
+    "GranularityOptimum",
+    "Heatmap",
+    "HyperLaws",
+    "LawForm",
+    "PowerLaw",
+    "allocate",
+    "batch_heatmap",
+    "bootstrap",
+    "budget_for_loss",
+    "chinchilla",
+    "closed_form_allocation",
+    "compare",
+    "custom",
+    "fit_hyper_laws",
+    "fit_law",
+    "fit_power_law",
+    "get_form",
+    "hyper_laws_from_table",
+    "kaplan",
+    "krajewski",
+    "lr_heatmap",
+    "optimal_granularity",
+    "p0_n_total",
+    "read_table",
+    "routing_aware_flops",
+    "wang",
+]

@@ -1,0 +1,192 @@
+"""Reading results tables (CSV or Parquet) and turning their columns into law inputs.
+
+Every problem with the table is a UserError that names the file, the column, and where
+possible the row (1-based, header not counted), so the user can fix the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from moescale.errors import UserError
+
+# Results-table defaults (design README). N is N_active for the dense-style laws and N_total for
+# krajewski, whose N is all parameters (P0); override with --n-col.
+DEFAULT_COLUMNS = {
+    "D": "tokens",
+    "C": "flops",
+    "loss": "val_loss",
+    "E": "experts",
+    "G": "granularity",
+    "run": "run",
+}
+DEFAULT_N_COLUMN = {"krajewski": "params_total"}
+DEFAULT_N_FALLBACK = "params_active"
+
+
+def read_table(path: str | Path) -> dict[str, np.ndarray]:
+    """Columns of a CSV or Parquet file as arrays (float where every value parses, else str)."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"table {p} does not exist; give the path of a CSV or Parquet file")
+    if p.is_dir():
+        raise UserError(f"table {p} is a directory; give a CSV or Parquet file")
+    raw: dict[str, list[object]]
+    if p.suffix.lower() in (".parquet", ".pq"):
+        try:
+            import pyarrow.parquet as pq
+
+            raw = pq.read_table(p).to_pydict()
+        except Exception as exc:
+            raise UserError(f"cannot read Parquet table {p}: {exc}") from exc
+    else:
+        try:
+            with p.open(newline="", encoding="utf-8") as fh:
+                rows = list(csv.reader(fh))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise UserError(f"cannot read CSV table {p}: {exc}") from exc
+        if not rows or not any(h.strip() for h in rows[0]):
+            raise UserError(f"table {p} is empty; it needs a header row and data rows")
+        header = [h.strip() for h in rows[0]]
+        body = [r for r in rows[1:] if any(c.strip() for c in r)]
+        for i, r in enumerate(body, start=1):
+            if len(r) != len(header):
+                raise UserError(
+                    f"table {p}: row {i} has {len(r)} fields but the header has {len(header)}"
+                )
+        raw = {h: [r[j] for r in body] for j, h in enumerate(header)}
+    out: dict[str, np.ndarray] = {}
+    for name, vals in raw.items():
+        try:
+            out[name] = np.array(
+                [math.nan if v is None or str(v).strip() == "" else float(v) for v in vals],
+                float,
+            )
+        except (TypeError, ValueError):
+            out[name] = np.array(["" if v is None else str(v) for v in vals])
+    if not out or len(next(iter(out.values()))) == 0:
+        raise UserError(f"table {p} has no data rows")
+    return out
+
+
+def numeric_column(table: Mapping[str, np.ndarray], name: str, flag: str) -> np.ndarray:
+    """A column that must exist, be numeric, finite and > 0 (error names row and column)."""
+    if name not in table:
+        raise UserError(
+            f"column {name!r} (set by {flag}) is not in the table; "
+            f"available columns: {', '.join(table)}"
+        )
+    col = table[name]
+    if col.dtype.kind not in "fi":
+        bad = next(i for i, v in enumerate(col) if not _is_float(v))
+        raise UserError(
+            f"column {name!r} must be numeric; row {bad + 1} has {col[bad]!r}. "
+            f"Choose another column with {flag}"
+        )
+    col = col.astype(float)
+    bad = np.flatnonzero(~np.isfinite(col) | (col <= 0))
+    if len(bad):
+        i = int(bad[0])
+        raise UserError(
+            f"column {name!r} must be finite and > 0, but row {i + 1} has {col[i]!r} "
+            f"({len(bad)} bad row(s)); fix or remove those rows"
+        )
+    return col
+
+
+def _is_float(v: object) -> bool:
+    try:
+        float(str(v))
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class FitInputs:
+    """What `fit_law` needs, plus which table columns it came from."""
+
+    x: dict[str, np.ndarray]
+    loss: np.ndarray
+    compute: np.ndarray
+    groups: np.ndarray | None
+    columns: dict[str, str]
+    derived: str | None  # e.g. "D = C / (6 N)" when one of N, D, C was derived
+
+
+def fit_inputs(
+    table: Mapping[str, np.ndarray],
+    inputs: tuple[str, ...],
+    *,
+    law: str,
+    n_col: str | None = None,
+    d_col: str | None = None,
+    flops_col: str | None = None,
+    loss_col: str | None = None,
+    experts_col: str | None = None,
+    granularity_col: str | None = None,
+    run_col: str | None = None,
+) -> FitInputs:
+    """Resolve columns: any two of N, D, C (C = 6·N·D gives the third), loss, E, G, run."""
+    defaults = {
+        "N": DEFAULT_N_COLUMN.get(law, DEFAULT_N_FALLBACK),
+        "D": DEFAULT_COLUMNS["D"],
+        "C": DEFAULT_COLUMNS["C"],
+    }
+    given = {"N": n_col, "D": d_col, "C": flops_col}
+    flags = {"N": "--n-col", "D": "--d-col", "C": "--flops-col"}
+    chosen = {k: v for k, v in given.items() if v is not None}
+    for k in ("N", "D", "C"):
+        if len(chosen) >= 2:
+            break
+        if k not in chosen and defaults[k] in table:
+            chosen[k] = defaults[k]
+    if len(chosen) < 2:
+        want = ", ".join(f"{flags[k]} (default {defaults[k]!r})" for k in ("N", "D", "C"))
+        raise UserError(
+            f"need two of N, D, C columns: {want}; available columns: {', '.join(table)}"
+        )
+    cols = {k: numeric_column(table, v, flags[k]) for k, v in chosen.items()}
+    derived = None
+    if "N" not in cols:
+        cols["N"], derived = cols["C"] / (6.0 * cols["D"]), "N = C / (6 D)"
+    if "D" not in cols:
+        cols["D"], derived = cols["C"] / (6.0 * cols["N"]), "D = C / (6 N)"
+    if "C" not in cols:
+        cols["C"], derived = 6.0 * cols["N"] * cols["D"], "C = 6 N D"
+    lc = loss_col or DEFAULT_COLUMNS["loss"]
+    y = numeric_column(table, lc, "--loss-col")
+    x = {"N": cols["N"], "D": cols["D"], "C": cols["C"]}
+    columns = {**chosen, "loss": lc}
+    for key, col, flag in (
+        ("E", experts_col, "--experts-col"),
+        ("G", granularity_col, "--granularity-col"),
+    ):
+        if key in inputs:
+            name = col or DEFAULT_COLUMNS[key]
+            x[key] = numeric_column(table, name, flag)
+            columns[key] = name
+    groups = None
+    rc = run_col or DEFAULT_COLUMNS["run"]
+    if rc in table:
+        groups = table[rc]
+        columns["run"] = rc
+    elif run_col is not None:
+        raise UserError(
+            f"column {run_col!r} (set by --run-col) is not in the table; "
+            f"available columns: {', '.join(table)}"
+        )
+    return FitInputs(
+        x={k: v for k, v in x.items() if k in inputs},
+        loss=y,
+        compute=cols["C"],
+        groups=groups,
+        columns=columns,
+        derived=derived,
+    )

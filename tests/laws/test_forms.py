@@ -1,0 +1,97 @@
+"""Law forms: built-in structure, custom expressions (parsed safely), linear detection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moescale.errors import UserError
+from moescale.laws import custom, fit_law, get_form
+
+X = {
+    "N": np.logspace(6, 8, 5),
+    "D": np.logspace(8, 10, 5),
+    "E": np.array([1.0, 2.0, 8.0, 16.0, 64.0]),
+    "G": np.array([1.0, 2.0, 4.0, 8.0, 16.0]),
+}
+
+
+def test_builtin_names() -> None:
+    assert get_form("chinchilla").params == ("E0", "A", "B", "alpha", "beta")
+    assert get_form("wang").params == ("A", "B", "alpha", "beta", "gamma", "sigma")
+    assert get_form("krajewski").params == ("a", "b", "g", "c", "alpha", "beta", "gamma")
+    assert get_form("kaplan").params == ("N_c", "D_c", "alpha_N", "alpha_D")
+    assert get_form("kaplan").linear == ()
+    assert set(get_form("krajewski").linear) == {"a", "b", "g", "c"}
+
+
+@pytest.mark.parametrize("law", ["chinchilla", "wang", "krajewski"])
+def test_basis_reconstructs_prediction(law: str) -> None:
+    """Σ coef_j · basis_j equals the expression: the power-sum structure matches the formula."""
+    form = get_form(law)
+    rng = np.random.default_rng(1)
+    params = {p: float(rng.uniform(0.1, 2.0)) for p in form.params}
+    theta = np.array([[params[p] for p in form.nonlinear]])
+    phi, off = form.basis(X, theta)
+    coef = np.array([params[p] for p in form.linear])
+    np.testing.assert_allclose(phi[0] @ coef + off[0], form.predict(X, params), rtol=1e-12)
+
+
+def test_custom_matches_chinchilla() -> None:
+    form = custom("E0 + A/N**alpha + B/D**beta")
+    assert form.inputs == ("N", "D")
+    assert set(form.linear) == {"E0", "A", "B"}
+    assert set(form.nonlinear) == {"alpha", "beta"}
+    p = {"E0": 1.7, "A": 400.0, "B": 1000.0, "alpha": 0.3, "beta": 0.4}
+    np.testing.assert_allclose(form.predict(X, p), get_form("chinchilla").predict(X, p))
+    phi, off = form.basis(X, np.array([[p[q] for q in form.nonlinear]]))
+    coef = np.array([p[q] for q in form.linear])
+    np.testing.assert_allclose(phi[0] @ coef + off[0], form.predict(X, p), rtol=1e-12)
+
+
+def test_custom_offset_and_functions() -> None:
+    form = custom("A * exp(-k * log(N)) + 2.0 - c")
+    assert form.linear == ("A", "c")
+    p = {"A": 3.0, "k": 0.2, "c": 0.5}
+    phi, off = form.basis(X, np.array([[0.2]]))
+    np.testing.assert_allclose(phi[0] @ np.array([3.0, 0.5]) + off[0], form.predict(X, p))
+
+
+def test_custom_fit_recovers() -> None:
+    rng = np.random.default_rng(0)
+    i, j = np.meshgrid(np.arange(6), np.arange(10), indexing="ij")
+    x = {"N": np.logspace(6, 8, 6)[i.ravel()], "D": np.logspace(8, 10, 10)[j.ravel()]}
+    truth = {"E0": 1.0, "A": 2000.0, "B": 20000.0, "alpha": 0.5, "beta": 0.5}
+    y = get_form("chinchilla").predict(x, truth) * np.exp(rng.normal(0, 0.01, 60))
+    res = fit_law("E0 + A/N**alpha + B/D**beta", x, y, bootstrap_draws=20, holdout_frac=0)
+    ref = fit_law("chinchilla", x, y, bootstrap_draws=0, holdout_frac=0)
+    for q in truth:
+        assert res.params[q] == pytest.approx(ref.params[q], rel=1e-4)
+    assert len(res.bootstrap_params) == 20  # custom forms survive the trip to worker processes
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "__import__('os').system('true')",
+        "N.__class__",
+        "A + B[0]",
+        "open('x')",
+        "lambda: 1",
+        "E0 + 'text'",
+        "A +* B",
+    ],
+)
+def test_custom_rejects_unsafe_or_invalid(expr: str) -> None:
+    with pytest.raises(UserError):
+        custom(expr, inputs=("N", "D"))
+
+
+def test_unknown_law() -> None:
+    with pytest.raises(UserError, match="unknown law 'hoffmann'"):
+        get_form("hoffmann")
+
+
+def test_declared_linear_must_be_linear() -> None:
+    with pytest.raises(UserError, match="alpha"):
+        custom("E0 + A/N**alpha", linear=("E0", "alpha"))
