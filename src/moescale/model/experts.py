@@ -109,8 +109,8 @@ class _LoopExperts(torch.autograd.Function):
             g = silu * b  # unweighted expert activation
             w = w_M[sl, None]
             dgw = dy @ w2_XFD[e].T  # grad of the weighted activation g * w
+            dw_M[sl] = (dgw * g).sum(-1)
             torch.mm(g.mul_(w).T, dy, out=dw2[e])
-            dw_M[sl] = (dgw * silu * b).sum(-1)
             dg = dgw.mul_(w)
             dab = dab_MH[sl]
             torch.mul(dg, silu, out=dab[:, n_hidden:])
