@@ -58,8 +58,13 @@ def test_exact_flops_by_hand():
 
 # P0 (science.md section 5): (N_active as "64 x size", D, G, FLOPs). Shapes d = 64 L_b with the
 # active (dense-equivalent) parameters 12 d^2 L_b = size.
-P0_ROWS = [(100e6, 4.37e9, 8, 2.95e18), (1e9, 28.94e9, 16, 1.93e20), (3e9, 72.90e9, 16, 1.41e21),
-           (7e9, 137.60e9, 32, 6.46e21), (70e9, 941.07e9, 32, 4.16e23)]
+P0_ROWS = [
+    (100e6, 4.37e9, 8, 2.95e18),
+    (1e9, 28.94e9, 16, 1.93e20),
+    (3e9, 72.90e9, 16, 1.41e21),
+    (7e9, 137.60e9, 32, 6.46e21),
+    (70e9, 941.07e9, 32, 4.16e23),
+]
 
 
 @pytest.mark.parametrize("size,tokens,g,flops", P0_ROWS)

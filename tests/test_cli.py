@@ -10,8 +10,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def moescale(*args, **kw):
     return subprocess.run(
-        [sys.executable, "-m", "moescale.cli", *args], capture_output=True, text=True,
-        cwd=ROOT, **kw,
+        [sys.executable, "-m", "moescale.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        **kw,
     )
 
 
@@ -19,8 +22,15 @@ def test_info_json_has_contract_keys():
     r = moescale("info", "examples/fine_grained.yaml", "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
-    for key in ("params_total", "params_active", "params_embedding", "flops_per_token",
-                "routed_experts", "active_experts", "expert_hidden"):
+    for key in (
+        "params_total",
+        "params_active",
+        "params_embedding",
+        "flops_per_token",
+        "routed_experts",
+        "active_experts",
+        "expert_hidden",
+    ):
         assert key in info
     assert (info["routed_experts"], info["active_experts"], info["expert_hidden"]) == (32, 8, 128)
 

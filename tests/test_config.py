@@ -8,8 +8,13 @@ from moescale.errors import ConfigError
 
 def base():
     return {
-        "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 128,
-                  "moe": {"experts": 4, "granularity": 2, "top_k": 2}},
+        "model": {
+            "d_model": 64,
+            "n_layers": 2,
+            "n_heads": 4,
+            "d_ff": 128,
+            "moe": {"experts": 4, "granularity": 2, "top_k": 2},
+        },
         "train": {"tokens": 1000},
     }
 

@@ -88,12 +88,20 @@ def count(cfg: ModelConfig) -> Accounting:
     )
 
 
-def p0_flops(d_model: float, n_layers: float, experts: int, granularity: int, tokens: float):
+def p0_flops(
+    d_model: float,
+    n_layers: float,
+    experts: float,
+    granularity: float,
+    tokens: float,
+    c_f: float = C_F,
+    c_r: float = C_R,
+) -> float:
     """P0's routing-aware training FLOPs: (12 d^2 c_f + d E G c_r) D L_b."""
-    return (12 * d_model**2 * C_F + d_model * experts * granularity * C_R) * tokens * n_layers
+    return (12 * d_model**2 * c_f + d_model * experts * granularity * c_r) * tokens * n_layers
 
 
-def p0_params_total(d_model: float, n_layers: float, experts: int) -> float:
+def p0_params_total(d_model: float, n_layers: float, experts: float) -> float:
     """P0's N_total for its shape family: d^2 (8E + 4) L_b (no router, no embedding)."""
     return d_model**2 * (8 * experts + 4) * n_layers
 

@@ -11,8 +11,13 @@ from moescale.config import load_config
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="+", help="one or more YAML configs")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set model.moe.granularity=4")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set model.moe.granularity=4",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

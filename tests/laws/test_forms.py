@@ -95,3 +95,15 @@ def test_unknown_law() -> None:
 def test_declared_linear_must_be_linear() -> None:
     with pytest.raises(UserError, match="alpha"):
         custom("E0 + A/N**alpha", linear=("E0", "alpha"))
+
+
+def test_laws_do_not_import_torch():
+    """The fitters are plain numerics: fitting on a laptop must not need (or load) torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, moescale.laws, moescale.laws.cli_fit, moescale.laws.cli_plan; "
+        "sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

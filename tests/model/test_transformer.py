@@ -8,7 +8,12 @@ from moescale.model import build_model, lm_loss
 
 def tiny(**moe):
     return ModelConfig(
-        d_model=32, n_layers=3, n_heads=4, d_ff=64, vocab_size=50, seq_len=16,
+        d_model=32,
+        n_layers=3,
+        n_heads=4,
+        d_ff=64,
+        vocab_size=50,
+        seq_len=16,
         moe=MoEConfig(**moe) if moe else None,
     )
 

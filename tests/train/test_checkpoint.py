@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
+from moescale.atomic import atomic_write_text
 from moescale.train.checkpoint import (
-    atomic_write_text,
     checkpoint_path,
     list_checkpoints,
     load_latest,
@@ -23,7 +23,7 @@ from moescale.train.checkpoint import (
 SLOW_WRITER = textwrap.dedent(
     """
     import sys, time
-    from moescale.train.checkpoint import atomic_write
+    from moescale.atomic import atomic_write
 
     def write(f):
         for _ in range(1000):

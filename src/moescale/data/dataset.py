@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from moescale.atomic import atomic_write, atomic_write_json
 from moescale.data import corpus as corpus_mod
 from moescale.data import tokenizer as tok_mod
 from moescale.errors import UserError
@@ -91,32 +90,26 @@ def _write_shard(
     log: Log,
 ) -> tuple[int, str]:
     """Tokenize docs into `path` atomically; returns (token count, sha256 of the bytes)."""
-    h = hashlib.sha256()
-    n = 0
-    t0 = last = time.time()
     chunk = 256
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for i, ids in enumerate(tok_mod.encode_documents(tok, docs, chunk=chunk)):
-                blob = np.asarray(ids, dtype=dtype).tobytes()
-                f.write(blob)
-                h.update(blob)
-                n += len(ids)
-                now = time.time()
-                if now - last > 5:
-                    last = now
-                    done = min(len(docs), (i + 1) * chunk)
-                    log(f"data:   {split}: {done}/{len(docs)} documents, {n:,} tokens "
-                        f"({now - t0:.0f} s)")  # fmt: skip
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache must be readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n, h.hexdigest()
+
+    def write(f: BinaryIO) -> tuple[int, str]:
+        h = hashlib.sha256()
+        n = 0
+        t0 = last = time.time()
+        for i, ids in enumerate(tok_mod.encode_documents(tok, docs, chunk=chunk)):
+            blob = np.asarray(ids, dtype=dtype).tobytes()
+            f.write(blob)
+            h.update(blob)
+            n += len(ids)
+            now = time.time()
+            if now - last > 5:
+                last = now
+                done = min(len(docs), (i + 1) * chunk)
+                log(f"data:   {split}: {done}/{len(docs)} documents, {n:,} tokens "
+                    f"({now - t0:.0f} s)")  # fmt: skip
+        return n, h.hexdigest()
+
+    return atomic_write(path, write)
 
 
 def prepare_split_corpus(
@@ -188,7 +181,7 @@ def _build(
         "bytes_per_token": round(n_bytes / max(1, counts["train"]["tokens"]), 4),
         "seconds": {"tokenizer": round(t_train, 2), "tokenize": round(t_tok, 2)},
     }
-    corpus_mod.atomic_write_json(directory / "manifest.json", manifest)
+    atomic_write_json(directory / "manifest.json", manifest)
     log(
         f"data: tokenized in {t_tok:.1f} s: {counts['train']['tokens']:,} train / "
         f"{counts['val']['tokens']:,} validation tokens -> {directory}"

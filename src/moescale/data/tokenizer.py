@@ -15,7 +15,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moescale.data.corpus import EOS, atomic_write_bytes
+from moescale.atomic import atomic_write_bytes
+from moescale.data.corpus import EOS
 from moescale.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
+from moescale.accounting import C_F, C_R, p0_flops, p0_params_total
 from moescale.errors import UserError
 from moescale.laws.forms import LawForm, get_form
 
@@ -38,8 +39,7 @@ DATA_EFFICIENCY_DEFINITION = (
     "tokens at the budget, L_d its loss, and D_moe the tokens the MoE law needs at the same N_d "
     "to reach L_d"
 )
-P0_CF = 6.0
-P0_CR = 14.0
+P0_CF, P0_CR = float(C_F), float(C_R)
 
 
 @dataclass
@@ -286,8 +286,7 @@ def p0_shape(size: float) -> tuple[float, float]:
 
 def p0_n_total(size: float, experts: float) -> float:
     """N_total = d²·(8E + 4)·L_b for dense-equivalent size S (so N_total = S·(8E + 4)/12)."""
-    d, n_layers = p0_shape(size)
-    return d * d * (8.0 * experts + 4.0) * n_layers
+    return p0_params_total(*p0_shape(size), experts)
 
 
 def routing_aware_flops(
@@ -299,8 +298,7 @@ def routing_aware_flops(
     c_r: float = P0_CR,
 ) -> float:
     """P0's F = (12·d²·c_f + d·E·G·c_r)·D·L_b for a model of dense-equivalent size S."""
-    d, n_layers = p0_shape(size)
-    return (12.0 * d * d * c_f + d * experts * granularity * c_r) * tokens * n_layers
+    return p0_flops(*p0_shape(size), experts, granularity, tokens, c_f=c_f, c_r=c_r)
 
 
 @dataclass

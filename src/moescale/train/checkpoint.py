@@ -1,9 +1,6 @@
-"""Atomic files and the run's checkpoints.
+"""The run's checkpoints, written atomically (`moescale.atomic`).
 
-A file is written to a temporary name in the same directory, flushed and fsynced, renamed over
-the target with `os.replace` (atomic on POSIX), and the directory is fsynced so the rename itself
-survives a crash. A reader therefore sees the old file or the new one, never half of one. A
-process killed mid-write leaves only a `.NAME.tmp-*` file, which nothing reads and the next save
+A process killed mid-write leaves only a `.NAME.tmp-*` file, which nothing reads and the next save
 removes.
 
 Checkpoints are `checkpoints/step_00000100.pt` (torch.save of a dict: model, optimizer, step,
@@ -13,59 +10,14 @@ fails to load, so a damaged file costs at most `checkpoint_every` steps.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+
+from moescale.atomic import atomic_write
 
 CKPT_RE = re.compile(r"^step_(\d{8})\.pt$")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
-    """Call `write(f)` on a temporary file and move it over `path`: all of it or nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:

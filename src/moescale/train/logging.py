@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from moescale.train.checkpoint import atomic_write_text
+from moescale.atomic import atomic_write_text
 
 
 class MetricsLog:

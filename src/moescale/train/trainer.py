@@ -36,10 +36,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from moescale.atomic import atomic_write_text
 from moescale.config import Config, MoEConfig, config_from_dict, dump_config, read_yaml
 from moescale.errors import ConfigError, UserError
 from moescale.model import ModelOutput, build_model, lm_loss
-from moescale.train.checkpoint import atomic_write_text, load_latest, save_checkpoint
+from moescale.train.checkpoint import load_latest, save_checkpoint
 from moescale.train.logging import MetricsLog, TensorBoard, console_line, duration, human
 from moescale.train.noise_scale import NoiseScaleEstimator
 from moescale.train.optim import build_optimizer, lr_at, set_lr
