@@ -10,9 +10,7 @@ runs. Epoch's file works with --n-col "Model Size" --flops-col "Training FLOP" -
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from pathlib import Path
 
 from moescale.errors import UserError
 
@@ -81,7 +79,7 @@ def _fmt(v: float | int | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from moescale.laws.fit import fit_law
     from moescale.laws.forms import get_form
-    from moescale.laws.table import fit_inputs, read_table
+    from moescale.laws.table import fit_inputs, read_table, write_json
 
     form = get_form(args.law)
     if args.bootstrap < 0:
@@ -163,22 +161,5 @@ def run(args: argparse.Namespace) -> int:
             "bootstrap_params": res.bootstrap_params,
             "table": str(args.table),
         }
-        path = Path(args.json_out)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(_clean(out), indent=1))
-        except OSError as exc:
-            raise UserError(f"cannot write --json {path}: {exc}") from exc
-        print(f"wrote {path}")
+        write_json(args.json_out, out)
     return 0
-
-
-def _clean(o: object) -> object:
-    """Replace non-finite floats by None so the JSON stays standard."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _clean(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_clean(v) for v in o]
-    return o

@@ -178,13 +178,7 @@ def run(args: argparse.Namespace) -> int:
             "intervals": {k: list(v) for k, v in cmp.intervals.items()},
         }
     if args.json_out:
-        from moescale.laws.cli_fit import _clean
+        from moescale.laws.table import write_json
 
-        path = Path(args.json_out)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(_clean(out), indent=1))
-        except OSError as exc:
-            raise UserError(f"cannot write --json {path}: {exc}") from exc
-        print(f"wrote {path}")
+        write_json(args.json_out, out)
     return 0

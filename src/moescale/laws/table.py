@@ -7,6 +7,7 @@ possible the row (1-based, header not counted), so the user can fix the file.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moescale.atomic import atomic_write_text
 from moescale.errors import UserError
 
 # Results-table defaults (design README). N is N_active for the dense-style laws and N_total for
@@ -190,3 +192,24 @@ def fit_inputs(
         columns=columns,
         derived=derived,
     )
+
+
+def _finite_or_none(o: object) -> object:
+    """Replace non-finite floats by None so the JSON stays standard."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite_or_none(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_finite_or_none(v) for v in o]
+    return o
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    """Write a fit or plan atomically (a kill never leaves half a file), or say why not."""
+    path = Path(path)
+    try:
+        atomic_write_text(path, json.dumps(_finite_or_none(obj), indent=1))
+    except OSError as exc:
+        raise UserError(f"cannot write --json {path}: {exc}") from exc
+    print(f"wrote {path}")
