@@ -61,3 +61,34 @@ def test_fine_grained_model_learns_a_repeating_sequence():
         loss.backward()
         opt.step()
     assert loss.item() < 0.3 * first
+
+
+def test_router_bias_balancing_moves_toward_underloaded_experts():
+    cfg = tiny(experts=4, granularity=1, top_k=1, router="sigmoid", bias_update_rate=0.05)
+    model = build_model(cfg)
+    out = model(torch.randint(0, 50, (2, 16)))
+    loads = [s.tokens_per_expert for s in out.moe]
+    model.update_router_biases(loads)
+    for layer, counts in zip(model.moe_layers(), loads, strict=True):
+        under = counts.float() < counts.float().mean()
+        assert torch.all(layer.expert_bias_X[under] > 0)
+
+
+def test_torch_compile_matches_eager_across_routings():
+    """The expert compute is excluded from compilation (it would recompile for every routing);
+    the compiled model must still agree with eager, forward and backward."""
+    torch.manual_seed(0)
+    model = build_model(tiny(experts=4, granularity=2, top_k=1))
+    compiled = torch.compile(model)
+    for seed in range(3):  # different inputs, different expert counts
+        x = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(seed))
+        eager_out = model(x)
+        eager_out.logits.square().mean().backward()
+        eager_grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        out = compiled(x)
+        out.logits.square().mean().backward()
+        torch.testing.assert_close(out.logits, eager_out.logits, rtol=1e-4, atol=1e-5)
+        for p, g in zip(model.parameters(), eager_grads, strict=True):
+            torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-6)
+        model.zero_grad()

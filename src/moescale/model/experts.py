@@ -166,6 +166,9 @@ def grouped_experts(
 BACKENDS: dict[str, Backend] = {"reference": reference_experts, "grouped": grouped_experts}
 
 
+# torch.compile would specialise on every routing's token counts and recompile without end; the
+# expert compute runs eagerly (it is a few large matmuls) while the rest of the model compiles.
+@torch.compiler.disable
 def expert_forward(
     x_TD: torch.Tensor,
     expert_idx_TK: torch.Tensor,

@@ -127,10 +127,11 @@ class Transformer(nn.Module):
         return ModelOutput(logits, aux, z, stats)
 
     @torch.no_grad()
-    def update_router_biases(self, out: ModelOutput) -> None:
-        """After an optimizer step: aux-loss-free balancing from this step's expert loads."""
-        for layer, s in zip(self.moe_layers(), out.moe, strict=True):
-            layer.update_bias(s.tokens_per_expert)
+    def update_router_biases(self, tokens_per_expert: list[torch.Tensor]) -> None:
+        """After an optimizer step: aux-loss-free balancing from the step's expert loads (one
+        count vector per MoE layer, e.g. `MoEStats.tokens_per_expert` summed over micro-batches)."""
+        for layer, counts in zip(self.moe_layers(), tokens_per_expert, strict=True):
+            layer.update_bias(counts)
 
 
 def build_model(cfg: ModelConfig) -> Transformer:

@@ -257,7 +257,6 @@ class StepStats:
     dropped_sum: torch.Tensor
     loads: list[torch.Tensor] = field(default_factory=list)  # per MoE layer: slots per expert
     small_sq: torch.Tensor | None = None  # |g|^2 of the first micro-batch's gradient
-    last_out: ModelOutput | None = None
 
 
 def forward_backward(
@@ -297,7 +296,6 @@ def forward_backward(
                 counts if not st.loads else [a + b for a, b in zip(st.loads, counts, strict=True)]
             )
             st.dropped_sum += torch.stack([s.dropped_frac for s in out.moe]).mean()
-        st.last_out = out
     return st
 
 
@@ -512,7 +510,8 @@ def train(
                 noise.update(float(st.small_sq), grad_norm**2)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            model.update_router_biases(st.last_out)
+            if st.loads:
+                model.update_router_biases(st.loads)
             steps_since_log += 1
 
             if step % t.log_every == 0 or step == steps:
