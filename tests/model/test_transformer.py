@@ -27,6 +27,9 @@ def test_dense_and_moe_shapes_and_stats():
     out = model(x)
     assert [cfg.is_moe_layer(i) for i in range(3)] == [True, False, True]
     assert len(out.moe) == 2 and out.aux_loss.ndim == 0
+    # coefficients apply per layer: the model sums the layers' losses
+    torch.testing.assert_close(out.aux_loss, out.moe[0].aux_loss + out.moe[1].aux_loss)
+    torch.testing.assert_close(out.z_loss, out.moe[0].z_loss + out.moe[1].z_loss)
     assert out.moe[0].tokens_per_expert.shape == (8,)
 
 

@@ -25,8 +25,10 @@ from moescale.model.moe import MoEFFN, MoEStats, SwiGLU
 @dataclass
 class ModelOutput:
     logits: torch.Tensor  # (B, S, V)
-    aux_loss: torch.Tensor  # mean over MoE layers of the Switch loss, unweighted (0 if dense)
-    z_loss: torch.Tensor  # mean over MoE layers of the router z-loss, unweighted (0 if dense)
+    # Summed over MoE layers, unweighted (0 if dense): the coefficients apply per layer, as in
+    # Switch and ST-MoE (averaging would weaken balancing by the number of layers).
+    aux_loss: torch.Tensor  # Switch load-balancing loss
+    z_loss: torch.Tensor  # router z-loss
     moe: list[MoEStats] = field(default_factory=list)  # one per MoE layer, in depth order
 
 
@@ -122,8 +124,8 @@ class Transformer(nn.Module):
         x = self.norm(x)
         logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.embed.weight)
         zero = x.new_zeros((), dtype=torch.float32)
-        aux = torch.stack([s.aux_loss for s in stats]).mean() if stats else zero
-        z = torch.stack([s.z_loss for s in stats]).mean() if stats else zero
+        aux = torch.stack([s.aux_loss for s in stats]).sum() if stats else zero
+        z = torch.stack([s.z_loss for s in stats]).sum() if stats else zero
         return ModelOutput(logits, aux, z, stats)
 
     @torch.no_grad()

@@ -13,7 +13,8 @@ into consecutive micro-batches; the model is initialised from `train.seed`; chec
 model, the optimizer, the step and every RNG state. Resuming from step s therefore replays steps
 s+1... bit for bit on the same machine and thread count (CPU float32).
 
-The optimised loss is lm_loss + aux_loss_coef * aux_loss + z_loss_coef * z_loss; the logged
+The optimised loss is lm_loss + aux_loss_coef * aux_loss + z_loss_coef * z_loss (both summed over
+the MoE layers, so the coefficients are per layer); the logged
 `loss` is the language-model cross-entropy alone (mean over the step's micro-batches), the
 number the scaling laws use. MFU counts the exact forward+backward FLOPs per token of the active
 parameters (accounting.count) against the measured peak of the device (accounting.peak_flops,
