@@ -73,7 +73,8 @@ def make_step(cfg: ModelConfig, args: argparse.Namespace, device: torch.device):
         torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        model.update_router_biases(st.last_out)
+        if st.loads:
+            model.update_router_biases(st.loads)
 
     return step
 

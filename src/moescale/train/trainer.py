@@ -414,6 +414,7 @@ def train(
         "params_total": acct.params_total,
         "params_active": acct.params_active,
         "params_embedding": acct.params_embedding,
+        "params_router": acct.params_router,  # in params_total; P0's N_total excludes it
         "flops_per_token": acct.flops_per_token,
         "d_model": cfg.model.d_model,
         "n_layers": cfg.model.n_layers,

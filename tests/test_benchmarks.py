@@ -1,0 +1,52 @@
+"""The benchmark scripts still run (on tiny shapes) and write the JSON contract. No timing here:
+the point is that an API change cannot silently break `make bench`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCH = ROOT.parent / "shared" / "validation" / "epoch_chinchilla_points.csv"
+
+
+def run_bench(tmp_path, script, *args):
+    out = tmp_path / "bench.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads(out.read_text())
+    assert data["machine"] and data["rows"]
+    return data["rows"]
+
+
+def test_moe_layer_benchmark_runs(tmp_path):
+    rows = run_bench(
+        tmp_path, "moe_layer.py", "--d-model", "32", "--d-ff", "64", "--tokens", "256",
+        "--granularity", "1", "4", "--repeats", "1",
+    )  # fmt: skip
+    impls = {r["impl"] for r in rows}
+    assert {"grouped", "reference", "dense"} <= impls
+    assert all(r["ms"] > 0 for r in rows if "ms" in r)
+
+
+def test_train_step_benchmark_runs(tmp_path):
+    rows = run_bench(
+        tmp_path, "train_step.py", "--d-model", "32", "--layers", "1", "--heads", "2",
+        "--d-ff", "64", "--vocab", "256", "--seq-len", "32", "--batch", "4", "--warmup", "1",
+        "--repeats", "1",
+    )  # fmt: skip
+    assert {r["impl"] for r in rows} == {"dense", "moe_g1", "moe_g8"}
+    assert all(r["tokens_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.skipif(not EPOCH.exists(), reason="Epoch's points are not beside the repository")
+def test_fit_speed_benchmark_runs(tmp_path):
+    rows = run_bench(
+        tmp_path, "fit_speed.py", "--repeats", "1", "--draws", "8", "--epoch-starts", "4"
+    )
+    assert any(r["impl"].startswith("vp") for r in rows)
