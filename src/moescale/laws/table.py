@@ -96,7 +96,7 @@ def numeric_column(table: Mapping[str, np.ndarray], name: str, flag: str) -> np.
     if len(bad):
         i = int(bad[0])
         raise UserError(
-            f"column {name!r} must be finite and > 0, but row {i + 1} has {col[i]!r} "
+            f"column {name!r} must be finite and > 0, but row {i + 1} has {float(col[i])!r} "
             f"({len(bad)} bad row(s)); fix or remove those rows"
         )
     return col
