@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from moescale.errors import UserError
 
 CONTRACT_KEYS = {
     "law",
@@ -30,27 +25,9 @@ CONTRACT_KEYS = {
 
 
 def run_cli(argv: list[str]) -> int:
-    """moescale.cli.main when every subcommand imports; else the same wiring for fit/plan only
-    (other subcommands are built in parallel and may not exist yet)."""
-    try:
-        from moescale.cli import main
+    from moescale.cli import main
 
-        return main(argv)
-    except ModuleNotFoundError:
-        pass
-    parser = argparse.ArgumentParser(prog="moescale")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("fit", "plan"):
-        mod = importlib.import_module(f"moescale.laws.cli_{name}")
-        p = sub.add_parser(name)
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
-    args = parser.parse_args(argv)
-    try:
-        return int(args._run(args) or 0)
-    except UserError as exc:
-        print(f"moescale {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return main(argv)
 
 
 def write_table(path: Path, rows: list[dict[str, object]]) -> Path:
