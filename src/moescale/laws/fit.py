@@ -499,38 +499,24 @@ def _bootstrap_chunk(
     start: np.ndarray,
     seeds: list[int],
 ) -> list[np.ndarray | None]:
-    """Refit on resampled groups, one draw per seed; warm started from the full-data optimum."""
+    """Refit on resampled groups, one draw per seed; warm started from the full-data optimum.
+    Runs in a worker process, so BLAS is limited to one thread here too."""
     with single_threaded_blas():
-        return _bootstrap_draws(spec, x, y, w, groups, method, loss, delta, start, seeds)
-
-
-def _bootstrap_draws(
-    spec: dict[str, object],
-    x: dict[str, np.ndarray],
-    y: np.ndarray,
-    w: np.ndarray,
-    groups: np.ndarray,
-    method: str,
-    loss: str,
-    delta: float,
-    start: np.ndarray,
-    seeds: list[int],
-) -> list[np.ndarray | None]:
-    form = form_from_spec(spec)
-    uniq, inv = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    out: list[np.ndarray | None] = []
-    for s in seeds:
-        rng = np.random.default_rng(s)
-        pick = rng.integers(0, len(uniq), len(uniq))
-        idx = np.concatenate([members[g] for g in pick])
-        xb = {k: v[idx] for k, v in x.items()}
-        try:
-            v, _ = _fit_vector(form, xb, y[idx], w[idx], method, loss, delta, start=start)
-            out.append(v if np.all(np.isfinite(v)) else None)
-        except (UserError, ValueError, np.linalg.LinAlgError, FloatingPointError):
-            out.append(None)
-    return out
+        form = form_from_spec(spec)
+        uniq, inv = np.unique(groups, return_inverse=True)
+        members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+        out: list[np.ndarray | None] = []
+        for s in seeds:
+            rng = np.random.default_rng(s)
+            pick = rng.integers(0, len(uniq), len(uniq))
+            idx = np.concatenate([members[g] for g in pick])
+            xb = {k: v[idx] for k, v in x.items()}
+            try:
+                v, _ = _fit_vector(form, xb, y[idx], w[idx], method, loss, delta, start=start)
+                out.append(v if np.all(np.isfinite(v)) else None)
+            except (UserError, ValueError, np.linalg.LinAlgError, FloatingPointError):
+                out.append(None)
+        return out
 
 
 def bootstrap(
