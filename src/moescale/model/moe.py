@@ -34,9 +34,13 @@ class MoEStats:
 
     @property
     def load_imbalance(self) -> float:
-        """max / mean slots per expert: 1.0 is perfectly balanced."""
-        c = self.tokens_per_expert.float()
-        return float(c.max() / c.mean().clamp_min(1e-9))
+        return load_imbalance(self.tokens_per_expert)
+
+
+def load_imbalance(tokens_per_expert_X: torch.Tensor) -> float:
+    """max / mean slots per expert: 1.0 is perfectly balanced."""
+    c = tokens_per_expert_X.float()
+    return float(c.max() / c.mean().clamp_min(1e-9))
 
 
 @dataclass

@@ -41,6 +41,7 @@ from moescale.atomic import atomic_write_text
 from moescale.config import Config, MoEConfig, config_from_dict, dump_config, read_yaml
 from moescale.errors import ConfigError, UserError
 from moescale.model import ModelOutput, build_model, lm_loss
+from moescale.model.moe import load_imbalance
 from moescale.train.checkpoint import load_latest, save_checkpoint
 from moescale.train.logging import MetricsLog, TensorBoard, console_line, duration, human
 from moescale.train.noise_scale import NoiseScaleEstimator
@@ -570,7 +571,7 @@ def train(
 
 def _imbalance(loads: list[torch.Tensor]) -> float:
     """Mean over MoE layers of max/mean tokens per expert (summed over the micro-batches)."""
-    per_layer = [float(c.float().max() / c.float().mean().clamp_min(1e-9)) for c in loads]
+    per_layer = [load_imbalance(c) for c in loads]
     return sum(per_layer) / len(per_layer)
 
 
