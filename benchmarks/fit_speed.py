@@ -1,4 +1,4 @@
-"""Speed of the scaling-law fitters on Epoch's Chinchilla points (science.md §4).
+"""Speed of the scaling-law fitters on Epoch AI's Chinchilla points (Besiroglu et al. 2024).
 
 Rows: one variable-projection fit (squared error, and Huber on log L; median of repeats), the
 same with 1,000 bootstrap draws (2 worker processes), and the Epoch-compatible LSE/Huber fit from
@@ -33,7 +33,10 @@ def epoch_points() -> dict[str, np.ndarray]:
     )
     path = base / "epoch_chinchilla_points.csv"
     if not path.exists():
-        sys.exit(f"validation data not found at {path}; set MOESCALE_VALIDATION_DIR")
+        sys.exit(
+            f"Epoch AI's Chinchilla points are not at {path} (the file has no licence, so it is "
+            "kept outside the repository); set MOESCALE_VALIDATION_DIR to its folder"
+        )
     with path.open() as fh:
         rows = list(csv.DictReader(fh))
     n = np.array([float(r["Model Size"]) for r in rows])

@@ -45,7 +45,7 @@ def hf_block(layer: MoEFFN, d_model: int, d_ff: int, impl: str):
     cfg = layer.cfg
     hf_cfg = Qwen3MoeConfig(
         hidden_size=d_model,
-        moe_intermediate_size=d_ff // cfg.granularity,
+        moe_intermediate_size=cfg.expert_hidden(d_ff),
         num_experts=cfg.routed_experts,
         num_experts_per_tok=cfg.active_experts,
         norm_topk_prob=True,

@@ -3,8 +3,8 @@
 The three models have equal active FLOPs per token: the MoE layers hold E = 8 experts of hidden
 d_ff and route each token to k = 2 of them (G = 1) or to k*G = 16 of 64 experts of hidden
 d_ff/8 (G = 8); the dense model's FFN has hidden k*d_ff. Each full optimizer step (forward,
-backward over the whole batch, gradient clipping, AdamW) is the trainer's own code
-(`moescale.train.trainer.forward_backward`). The implementations run interleaved, round by
+backward over the whole batch, gradient clipping, AdamW, router-bias update) is the trainer's
+own `moescale.train.step.train_step`. The implementations run interleaved, round by
 round, so a noisy machine slows all of them alike; the median step time is reported. MFU =
 exact active FLOPs per token x tokens/s / measured peak (large float32 matmul on CPU).
 
@@ -14,7 +14,6 @@ exact active FLOPs per token x tokens/s / measured peak (large float32 matmul on
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -27,11 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from moescale.accounting import count, peak_flops  # noqa: E402
+from moescale.accounting import count  # noqa: E402
 from moescale.config import ModelConfig, MoEConfig, TrainConfig  # noqa: E402
 from moescale.model import build_model  # noqa: E402
+from moescale.train.device import autocast_for, measure_peak_flops  # noqa: E402
 from moescale.train.optim import build_optimizer  # noqa: E402
-from moescale.train.trainer import forward_backward  # noqa: E402
+from moescale.train.step import StepOptions, train_step  # noqa: E402
 
 
 def model_configs(args: argparse.Namespace) -> dict[str, ModelConfig]:
@@ -57,24 +57,15 @@ def sync(device: torch.device) -> None:
 def make_step(cfg: ModelConfig, args: argparse.Namespace, device: torch.device):
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
-    opt = build_optimizer(model, TrainConfig(), device.type)
-    params = list(model.parameters())
+    train_cfg = TrainConfig()
+    opt = build_optimizer(model, train_cfg, device.type)
+    opts = StepOptions(1, train_cfg.grad_clip, cfg.moe, autocast_for(device))
     gen = torch.Generator().manual_seed(1)
     x = torch.randint(0, cfg.vocab_size, (args.batch, cfg.seq_len), generator=gen).to(device)
     y = torch.randint(0, cfg.vocab_size, (args.batch, cfg.seq_len), generator=gen).to(device)
 
-    def autocast() -> contextlib.AbstractContextManager:
-        if device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def step() -> None:
-        st = forward_backward(model, x, y, 1, cfg.moe, autocast)
-        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if st.loads:
-            model.update_router_biases(st.loads)
+        train_step(model, opt, x, y, opts)
 
     return step
 
@@ -97,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
 
     device = torch.device(args.device)
-    peak = peak_flops(str(device))
+    peak = measure_peak_flops(str(device))
     cfgs = model_configs(args)
     steps = {name: make_step(cfg, args, device) for name, cfg in cfgs.items()}
     for step in steps.values():

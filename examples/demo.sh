@@ -18,10 +18,12 @@ $M train examples/demo.yaml "$@"
 
 echo
 .venv/bin/python - <<'PY'
-import json
-s = json.load(open("runs/demo/summary.json"))
-print(f"validation loss {s['val_loss']:.4f} after {s['tokens']:,} tokens "
-      f"({s['params_active']:,} active of {s['params_total']:,} parameters)")
-print("run directory: runs/demo (summary.json, metrics.jsonl, TensorBoard events, checkpoints/)")
+from moescale.run import read_summary
+
+s = read_summary("runs/demo")
+print(f"validation loss {s.val_loss:.4f} after {s.tokens:,} tokens "
+      f"({s.params_active:,} active of {s.params_total:,} parameters)")
+print("run directory: runs/demo (summary.json, metrics.jsonl, train.log, TensorBoard events, "
+      "checkpoints/)")
 print("TensorBoard: .venv/bin/tensorboard --logdir runs")
 PY

@@ -2,7 +2,7 @@
 
 import pytest
 
-from moescale.accounting import count, p0_flops, p0_params_total
+from moescale.accounting import count, krajewski_flops, krajewski_params_total
 from moescale.config import ModelConfig, MoEConfig
 from moescale.model import build_model
 
@@ -56,9 +56,9 @@ def test_exact_flops_by_hand():
     assert acc.flops_per_token == 3 * forward
 
 
-# P0 (science.md section 5): (N_active as "64 x size", D, G, FLOPs). Shapes d = 64 L_b with the
-# active (dense-equivalent) parameters 12 d^2 L_b = size.
-P0_ROWS = [
+# Krajewski et al. (2024), compute-optimal models: (N_active as "64 x size", D, G, FLOPs).
+# Shapes d = 64 L_b with the active (dense-equivalent) parameters 12 d^2 L_b = size.
+KRAJEWSKI_ROWS = [
     (100e6, 4.37e9, 8, 2.95e18),
     (1e9, 28.94e9, 16, 1.93e20),
     (3e9, 72.90e9, 16, 1.41e21),
@@ -67,12 +67,13 @@ P0_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("size,tokens,g,flops", P0_ROWS)
-def test_p0_routing_aware_flops(size, tokens, g, flops):
+@pytest.mark.parametrize("size,tokens,g,flops", KRAJEWSKI_ROWS)
+def test_krajewski_routing_aware_flops(size, tokens, g, flops):
     n_layers = (size / (12 * 64**2)) ** (1 / 3)
     d = 64 * n_layers
-    assert p0_flops(d, n_layers, 64, g, tokens) == pytest.approx(flops, rel=0.01)
-    assert p0_params_total(d, n_layers, 64) == pytest.approx(size * (8 * 64 + 4) / 12, rel=1e-9)
+    assert krajewski_flops(d, n_layers, 64, g, tokens) == pytest.approx(flops, rel=0.01)
+    n_total = krajewski_params_total(d, n_layers, 64)
+    assert n_total == pytest.approx(size * (8 * 64 + 4) / 12, rel=1e-9)
 
 
 def test_routing_aware_convention_of_a_built_config():

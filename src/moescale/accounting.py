@@ -1,4 +1,4 @@
-"""Parameters and FLOPs per token, in the conventions of science.md section 2, side by side.
+"""Parameters and FLOPs per token, in the conventions of docs/conventions.md, side by side.
 
 Counted from the config alone (no model built), so sweeps and laws can use them cheaply; a test
 checks them against the real `nn.Parameter`s of the built model.
@@ -6,24 +6,25 @@ checks them against the real `nn.Parameter`s of the built model.
 - params_embedding: token embedding, plus the LM head when it is not tied.
 - params_total: every other parameter (attention, norms, all experts, shared experts, routers).
   The router is included (it is a real parameter); `params_router` says how much of it there is,
-  since the fine-grained law of P0 counts N_total without it.
+  since the fine-grained law of Krajewski et al. (2024) counts N_total without it.
 - params_active: the non-embedding parameters one token uses (k*G of the E*G experts).
 - flops_per_token_simple: 6 * params_active (Kaplan/Chinchilla).
 - flops_per_token (exact): 3 x forward; forward = 2 x every matmul weight a token touches (active
   parameters incl. router, plus the unembedding) + attention 2 * 2 * seq_len * d_model per layer.
   We count the full seq x seq attention (no causal halving), as PaLM's MFU does.
-- flops_per_token_routing_aware (P0): c_f * N_active(no router) + c_r * d * E*G per MoE layer,
+- flops_per_token_routing_aware (Krajewski et al. 2024): c_f * N_active(no router)
+  + c_r * d * E*G per MoE layer,
   c_f = 6, c_r = 14.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 from moescale.config import ModelConfig
 
-C_F, C_R = 6, 14  # P0's routing-aware constants: FLOPs per active parameter, per router unit
+# Krajewski et al. (2024)'s routing-aware constants: FLOPs per active parameter, per router unit
+C_F, C_R = 6, 14
 
 
 @dataclass
@@ -84,11 +85,11 @@ def count(cfg: ModelConfig) -> Accounting:
         flops_per_token_routing_aware=float(C_F * (active - router) + C_R * d * routed * n_moe),
         routed_experts=routed,
         active_experts=m.active_experts if m else 0,
-        expert_hidden=cfg.d_ff // m.granularity if m else cfg.d_ff,
+        expert_hidden=cfg.expert_hidden,
     )
 
 
-def p0_flops(
+def krajewski_flops(
     d_model: float,
     n_layers: float,
     experts: float,
@@ -97,30 +98,12 @@ def p0_flops(
     c_f: float = C_F,
     c_r: float = C_R,
 ) -> float:
-    """P0's routing-aware training FLOPs: (12 d^2 c_f + d E G c_r) D L_b."""
+    """Routing-aware training FLOPs of Krajewski et al. (2024)'s model family:
+    (12 d^2 c_f + d E G c_r) D L_b."""
     return (12 * d_model**2 * c_f + d_model * experts * granularity * c_r) * tokens * n_layers
 
 
-def p0_params_total(d_model: float, n_layers: float, experts: float) -> float:
-    """P0's N_total for its shape family: d^2 (8E + 4) L_b (no router, no embedding)."""
+def krajewski_params_total(d_model: float, n_layers: float, experts: float) -> float:
+    """N_total of Krajewski et al. (2024)'s model family: d^2 (8E + 4) L_b (no router, no
+    embedding)."""
     return d_model**2 * (8 * experts + 4) * n_layers
-
-
-def peak_flops(device: str = "cpu", size: int = 2048, repeats: int = 5) -> float:
-    """Measured peak FLOP/s of a large matmul on `device` (float32 on CPU, bf16 on CUDA): the
-    denominator of MFU on machines without a datasheet number."""
-    import torch
-
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * size**3 / best

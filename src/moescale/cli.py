@@ -1,8 +1,8 @@
 """The `moescale` command.
 
-Each subcommand lives beside the code it drives (`moescale.laws.cli_fit`, `moescale.data.cli`, ...)
-and exposes `add_arguments(parser)` and `run(args) -> int`. Those modules import torch lazily,
-so `moescale fit` and `moescale plan` start without loading it.
+Each subcommand is one thin module in `moescale.commands` with `add_arguments(parser)` and
+`run(args) -> int`. Those modules import torch lazily, so `moescale fit` and `moescale plan` start
+without loading it.
 """
 
 from __future__ import annotations
@@ -12,15 +12,16 @@ import importlib
 import os
 import sys
 
+from moescale.console import configure_console
 from moescale.errors import UserError
 
 # name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "info": ("moescale.info", "parameters and FLOPs of a model config"),
-    "corpus": ("moescale.data.cli", "build the bundled corpus or tokenize your own files"),
-    "train": ("moescale.train.cli", "train one model from a config"),
-    "fit": ("moescale.laws.cli_fit", "fit a scaling law to a results table"),
-    "plan": ("moescale.laws.cli_plan", "compute-optimal allocation from a fitted law"),
+COMMANDS: dict[str, str] = {
+    "info": "parameters and FLOPs of a model config",
+    "corpus": "build the bundled corpus or tokenize your own files",
+    "train": "train one model from a config",
+    "fit": "fit a scaling law to a results table",
+    "plan": "compute-optimal allocation from a fitted law",
 }
 
 
@@ -33,12 +34,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, (module, help_text) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         if name != command:
             sub.add_parser(name, help=help_text)
             continue
-        mod = importlib.import_module(module)
-        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
+        mod = importlib.import_module(f"moescale.commands.{name}")
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=(mod.__doc__ or help_text).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    configure_console()
     try:
         return int(args._run(args) or 0)
     except UserError as exc:

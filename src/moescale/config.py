@@ -48,6 +48,10 @@ class MoEConfig:
     def active_experts(self) -> int:
         return self.top_k * self.granularity
 
+    def expert_hidden(self, d_ff: int) -> int:
+        """Hidden size of one routed expert: each standard expert of hidden d_ff is split in G."""
+        return d_ff // self.granularity
+
 
 @dataclass
 class ModelConfig:
@@ -66,6 +70,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def expert_hidden(self) -> int:
+        """Hidden size of one routed expert: d_ff / G (d_ff for a dense model)."""
+        return self.moe.expert_hidden(self.d_ff) if self.moe else self.d_ff
 
     def is_moe_layer(self, layer: int) -> bool:
         if self.moe is None:

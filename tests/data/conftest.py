@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -43,3 +44,10 @@ def txt_dir(tmp_path: Path) -> Path:
     for i, doc in enumerate(make_docs(12)):
         (d / f"doc{i:02d}.txt").write_text(doc)
     return d
+
+
+@pytest.fixture
+def data_log(caplog: pytest.LogCaptureFixture):
+    """caplog for the "moescale" loggers at INFO."""
+    caplog.set_level(logging.INFO, logger="moescale")
+    return caplog

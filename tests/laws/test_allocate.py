@@ -1,4 +1,5 @@
-"""Compute-optimal allocation: closed form vs Brent, P0's table, MoE-vs-dense comparison."""
+"""Compute-optimal allocation: closed form vs Brent, the compute-optimal table of Krajewski et al.
+(2024), MoE-vs-dense comparison."""
 
 from __future__ import annotations
 
@@ -12,15 +13,24 @@ from moescale.laws import (
     budget_for_loss,
     compare,
     get_form,
+    krajewski_n_total,
     optimal_granularity,
-    p0_n_total,
     routing_aware_flops,
 )
 from moescale.laws.allocate import allocate_point
 
-P0_MOE = {"a": 18.1, "alpha": 0.115, "b": 30.8, "beta": 0.147, "g": 2.1, "gamma": 0.58, "c": 0.47}
-# (dense-equivalent size S of "64×S", tokens, G, FLOPs, loss) from science.md §5
-P0_ROWS = [
+KRAJEWSKI_MOE = {
+    "a": 18.1,
+    "alpha": 0.115,
+    "b": 30.8,
+    "beta": 0.147,
+    "g": 2.1,
+    "gamma": 0.58,
+    "c": 0.47,
+}
+# Krajewski et al. (2024)'s compute-optimal table for E = 64 (see docs/science.md):
+# (dense-equivalent size S of "64×S", tokens, G, FLOPs, loss)
+KRAJEWSKI_ROWS = [
     (100e6, 4.37e9, 8, 2.95e18, 3.133),
     (1e9, 28.94e9, 16, 1.93e20, 2.491),
     (3e9, 72.90e9, 16, 1.41e21, 2.245),
@@ -30,12 +40,12 @@ P0_ROWS = [
 CHIN = {"E0": 1.8172, "A": 477.8, "B": 2143.0, "alpha": 0.3473, "beta": 0.3672}
 
 
-@pytest.mark.parametrize(("size", "tokens", "g", "flops", "loss"), P0_ROWS)
-def test_p0_rows(size: float, tokens: float, g: int, flops: float, loss: float) -> None:
+@pytest.mark.parametrize(("size", "tokens", "g", "flops", "loss"), KRAJEWSKI_ROWS)
+def test_krajewski_rows(size: float, tokens: float, g: int, flops: float, loss: float) -> None:
     assert routing_aware_flops(size, tokens, 64, g) == pytest.approx(flops, rel=0.01)
-    x = {"N": np.array([p0_n_total(size, 64)]), "D": np.array([tokens]), "G": np.array([g])}
-    assert get_form("krajewski").predict(x, P0_MOE)[0] == pytest.approx(loss, abs=0.03)
-    opt = optimal_granularity(P0_MOE, flops, experts=64)
+    x = {"N": np.array([krajewski_n_total(size, 64)]), "D": np.array([tokens]), "G": np.array([g])}
+    assert get_form("krajewski").predict(x, KRAJEWSKI_MOE)[0] == pytest.approx(loss, abs=0.03)
+    opt = optimal_granularity(KRAJEWSKI_MOE, flops, experts=64)
     assert opt.granularity == g
     assert opt.loss == pytest.approx(loss, abs=0.03)
     # the Brent optimum lands on the table's model and tokens, too
@@ -53,7 +63,7 @@ def test_p0_rows(size: float, tokens: float, g: int, flops: float, loss: float) 
             {"A": 477.8, "B": 2143.0, "alpha": 0.35, "beta": 0.37, "gamma": 0.2, "sigma": 1.8},
             {"E": 8.0},
         ),
-        ("krajewski", P0_MOE, {"G": 8.0}),
+        ("krajewski", KRAJEWSKI_MOE, {"G": 8.0}),
     ],
 )
 def test_closed_form_matches_brent(law: str, params: dict, extras: dict, budget: float) -> None:

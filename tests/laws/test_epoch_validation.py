@@ -1,4 +1,5 @@
-"""The fitter reproduces science.md §4 on Epoch's digitised Chinchilla points (skips if absent)."""
+"""The fitter reproduces the analysis of Besiroglu et al. (2024) on Epoch AI's digitised Chinchilla
+points (the numbers of docs/science.md); skips when the points are absent (see conftest.py)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from moescale.errors import UserError
-from moescale.laws import custom, fit_law, get_form
+from moescale.laws import BUILTIN, custom, fit_law, get_form
+from moescale.laws.forms import form_from_spec, form_spec
+from moescale.run import Col
 
 X = {
     "N": np.logspace(6, 8, 5),
@@ -35,6 +37,54 @@ def test_basis_reconstructs_prediction(law: str) -> None:
     phi, off = form.basis(X, theta)
     coef = np.array([params[p] for p in form.linear])
     np.testing.assert_allclose(phi[0] @ coef + off[0], form.predict(X, params), rtol=1e-12)
+
+
+def test_law_knowledge_lives_on_the_form() -> None:
+    assert get_form("krajewski").n_column == Col.PARAMS_TOTAL
+    assert get_form("chinchilla").n_column == Col.PARAMS_ACTIVE
+    assert [x.column for x in get_form("wang").extras] == [Col.EXPERTS]
+    assert [x.plan_flag for x in get_form("krajewski").extras] == ["--granularity"]
+    assert get_form("wang").extra_values({}) == {"E": 1.0}
+    assert get_form("krajewski").extra_values({"G": 4, "E": 8}) == {"G": 4.0}
+    assert get_form("krajewski").dense_values() == {"G": 1.0}
+    assert custom("A/N**a + B/D**b").power_terms({}, {}) is None
+
+
+@pytest.mark.parametrize("law", sorted(BUILTIN))
+def test_power_terms_match_prediction(law: str) -> None:
+    """The reduction to A_E/N^α + B/D^β + const (closed-form allocation) is the law itself."""
+    form = get_form(law)
+    params = {p: float(v) for p, v in zip(form.params, np.linspace(0.2, 1.5, 7), strict=False)}
+    extras = {x.symbol: 4.0 for x in form.extras}
+    terms = form.power_terms(params, extras)
+    if terms is None:
+        assert form.terms is None  # kaplan: Brent
+        return
+    a_e, b, alpha, beta, const = terms
+    x = {"N": X["N"], "D": X["D"], **{k: np.full(5, v) for k, v in extras.items()}}
+    expected = a_e / X["N"] ** alpha + b / X["D"] ** beta + const
+    np.testing.assert_allclose(form.predict(x, params), expected, rtol=1e-12)
+
+
+def test_kaplan_gradient_matches_finite_differences() -> None:
+    form = get_form("kaplan")
+    assert form.log_gradient is not None
+    z = np.array([np.log(8.8e13), np.log(5.4e13), 0.076, 0.095])
+    logpred, dlog = form.log_gradient(z, X)
+    params = {"N_c": np.exp(z[0]), "D_c": np.exp(z[1]), "alpha_N": z[2], "alpha_D": z[3]}
+    np.testing.assert_allclose(logpred, np.log(form.predict(X, params)), rtol=1e-12)
+    for k in range(4):
+        h = np.zeros(4)
+        h[k] = 1e-6
+        fd = (form.log_gradient(z + h, X)[0] - form.log_gradient(z - h, X)[0]) / 2e-6
+        np.testing.assert_allclose(dlog[:, k], fd, rtol=1e-5, atol=1e-9)
+
+
+def test_spec_round_trip() -> None:
+    form = custom("E0 + A/N**alpha + B/D**beta", grid={"alpha": (0.2, 0.4)}, name="mine")
+    assert form_spec(get_form("kaplan")) == {"name": "kaplan"}
+    back = form_from_spec(form_spec(form))
+    assert back == form and not back.builtin
 
 
 def test_custom_matches_chinchilla() -> None:
@@ -103,7 +153,7 @@ def test_laws_do_not_import_torch():
     import sys
 
     code = (
-        "import sys, moescale.laws, moescale.laws.cli_fit, moescale.laws.cli_plan; "
+        "import sys, moescale.laws, moescale.commands.fit, moescale.commands.plan; "
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -8,8 +8,9 @@ import pytest
 from moescale.laws import fit_law, get_form
 
 # Exponents near 0.5 and reducible terms that dominate the loss: over two decades a shallow
-# exponent (P0's 0.115) trades off against the constant so much that 1 % noise alone moves it by
-# more than 0.02, whatever the fitter (checked: the fits reach a lower RSS than the truth).
+# exponent (0.115 in Krajewski et al. 2024) trades off against the constant so much that 1 %
+# noise alone moves it by more than 0.02, whatever the fitter (checked: the fits reach a lower
+# RSS than the truth).
 TRUTH = {
     "chinchilla": {"E0": 1.0, "A": 2000.0, "B": 20000.0, "alpha": 0.5, "beta": 0.5},
     "wang": {"A": 2000.0, "B": 20000.0, "alpha": 0.5, "beta": 0.5, "gamma": 0.3, "sigma": 1.0},

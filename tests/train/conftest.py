@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +61,32 @@ def _fast_and_deterministic(monkeypatch: pytest.MonkeyPatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class _Lines(logging.Handler):
+    """Collects the moescale log lines; raises KeyboardInterrupt on the one starting with
+    `stop_at`, as a user's Ctrl-C at that moment would."""
+
+    def __init__(self, stop_at: str | None) -> None:
+        super().__init__(logging.INFO)
+        self.stop_at, self.lines = stop_at, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        self.lines.append(line)
+        if self.stop_at is not None and line.startswith(self.stop_at):
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def log_lines(stop_at: str | None = None) -> Iterator[list[str]]:
+    """The "moescale" logger's lines while inside (INFO and above)."""
+    logger = logging.getLogger("moescale")
+    handler, level = _Lines(stop_at), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler.lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

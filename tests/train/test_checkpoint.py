@@ -14,6 +14,7 @@ import torch
 
 from moescale.atomic import atomic_write_text
 from moescale.train.checkpoint import (
+    FORMAT,
     checkpoint_path,
     list_checkpoints,
     load_latest,
@@ -54,10 +55,10 @@ def test_kill_mid_write_leaves_old_file(tmp_path: Path):
 
 
 def state(step: int) -> dict:
-    return {"step": step, "model": {"w": torch.full((3,), float(step))}}
+    return {"format": FORMAT, "step": step, "model": {"w": torch.full((3,), float(step))}}
 
 
-def test_keeps_newest_and_skips_broken(tmp_path: Path):
+def test_keeps_newest_and_skips_broken(tmp_path: Path, caplog):
     for step in (10, 20, 30, 40):
         save_checkpoint(tmp_path, step, state(step), keep=3)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [20, 30, 40]
@@ -65,9 +66,10 @@ def test_keeps_newest_and_skips_broken(tmp_path: Path):
     p = checkpoint_path(tmp_path, 40)
     p.write_bytes(p.read_bytes()[:100])
     (tmp_path / ".step_00000050.pt.tmp-abc").write_bytes(b"partial")
-    warnings: list[str] = []
-    step, loaded = load_latest(tmp_path, log=warnings.append)
+    with caplog.at_level("WARNING", logger="moescale"):
+        step, loaded = load_latest(tmp_path)
     assert step == 30 and torch.equal(loaded["model"]["w"], torch.full((3,), 30.0))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "step_00000040.pt" in warnings[0]
     # the next save cleans up leftovers of a killed writer
     save_checkpoint(tmp_path, 50, state(50), keep=3)
@@ -76,3 +78,26 @@ def test_keeps_newest_and_skips_broken(tmp_path: Path):
 
 def test_nothing_to_resume(tmp_path: Path):
     assert load_latest(tmp_path / "missing") is None
+
+
+def test_trained_checkpoint_loads_without_unpickling_code(tmp_path: Path, tiny_data):
+    from moescale.train.trainer import train
+
+    from .conftest import tiny_config
+
+    cfg = tiny_config(tmp_path / "run", moe=True, tokens=10 * 8 * 32, checkpoint_every=10)
+    train(cfg, data=tiny_data)
+    (path,) = (tmp_path / "run" / "checkpoints").iterdir()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert state["format"] == FORMAT and state["step"] == 10
+    assert state["config"]["model"]["moe"]["granularity"] == 2
+
+
+def test_old_pickled_checkpoint_is_skipped_with_a_reason(tmp_path: Path, caplog):
+    import numpy as np
+
+    old = {"format": 1, "step": 10, "model": {}, "rng": {"numpy": np.random.get_state()}}
+    torch.save(old, checkpoint_path(tmp_path, 10))
+    with caplog.at_level("WARNING", logger="moescale"):
+        assert load_latest(tmp_path) is None
+    assert "older moescale" in caplog.text

@@ -34,8 +34,12 @@ CASES: dict[str, tuple[bool, dict[str, Any], dict[str, Any]]] = {
     "moe_sigmoid_bias_capacity": (
         True,
         {"grad_clip": 0.5},
-        {"router": "sigmoid", "bias_update_rate": 0.01, "capacity_factor": 1.0,
-         "normalize_topk": True},
+        {
+            "router": "sigmoid",
+            "bias_update_rate": 0.01,
+            "capacity_factor": 1.0,
+            "normalize_topk": True,
+        },
     ),  # fmt: skip
 }
 
@@ -56,7 +60,7 @@ def run_case(name: str, out_dir: Path, data) -> dict[str, Any]:
     return {
         "loss": [[r["step"], r["loss"], r["grad_norm"]] for r in records if "loss" in r],
         "val_loss": [[r["step"], r["val_loss"]] for r in records if "val_loss" in r],
-        "noise_scale": summary["noise_scale"],
+        "noise_scale": summary.noise_scale,
         "load_imbalance": [r.get("load_imbalance") for r in records if "loss" in r],
     }
 

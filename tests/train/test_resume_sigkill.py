@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from moescale.config import load_config
+from moescale.run import read_metrics
 from moescale.train import train
-from moescale.train.logging import read_metrics
 
 WORDS = (
     "the king said unto his people that the land was fair and the sea was wide and the ships "
@@ -70,8 +70,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path):
     # the uninterrupted reference runs in this process (one thread, see conftest): it also
     # builds the tokenizer and shards that the subprocesses then reuse from the cache
     ref = tmp_path / "ref"
-    ref_summary = train(load_config(cfg, [f"train.out_dir={ref}"]), log=lambda s: None)
-    assert ref_summary["status"] == "done"
+    ref_summary = train(load_config(cfg, [f"train.out_dir={ref}"]))
+    assert ref_summary.status == "done"
 
     seed = random.randrange(10**6)
     kill_at = random.Random(seed).randint(12, 75)  # after the first checkpoint (step 10)
@@ -96,5 +96,5 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path):
     assert got == want, f"loss trajectories differ (killed after step {killed_after}, seed {seed})"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "done"
-    assert summary["val_loss"] == ref_summary["val_loss"]
-    assert summary["noise_scale"] == ref_summary["noise_scale"]
+    assert summary["val_loss"] == ref_summary.val_loss
+    assert summary["noise_scale"] == ref_summary.noise_scale

@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from moescale.errors import ConfigError
+from moescale.run import RunSummary, read_metrics, read_summary
+from moescale.train import step as step_mod
 from moescale.train import trainer as trainer_mod
-from moescale.train.logging import read_metrics
 from moescale.train.trainer import train
 
-from .conftest import tiny_config
+from .conftest import log_lines, tiny_config
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -25,7 +27,7 @@ def test_loss_goes_down_and_run_dir_is_complete(tmp_path: Path, tiny_data):
     run = tmp_path / "run"
     cfg = tiny_config(run, moe=True, tokens=200 * 8 * 32, log_every=10, eval_every=100,
                       checkpoint_every=100, lr=1e-2)  # fmt: skip
-    summary = train(cfg, data=tiny_data, log=lambda s: None)
+    summary = train(cfg, data=tiny_data).to_dict()
     evals = [r for r in read_metrics(run / "metrics.jsonl") if "val_loss" in r]
     assert [r["step"] for r in evals] == [0, 100, 200]
     assert evals[-1]["val_loss"] < 0.8 * evals[0]["val_loss"]
@@ -37,6 +39,9 @@ def test_loss_goes_down_and_run_dir_is_complete(tmp_path: Path, tiny_data):
                 "experts", "granularity", "top_k", "batch_size", "lr"):  # fmt: skip
         assert key in summary
     assert json.loads((run / "summary.json").read_text()) == summary
+    assert read_summary(run) == RunSummary.from_dict(summary)
+    assert summary["flops_simple"] == pytest.approx(6 * summary["params_active"] * 200 * 8 * 32)
+    assert (run / "train.log").read_text().count("eval  step") == 3
     rec = read_metrics(run / "metrics.jsonl")[1]
     for key in ("step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "aux_loss",
                 "z_loss", "load_imbalance", "dropped_frac"):  # fmt: skip
@@ -50,76 +55,67 @@ def test_loss_goes_down_and_run_dir_is_complete(tmp_path: Path, tiny_data):
 
 def test_interrupted_run_resumes_exactly(tmp_path: Path, tiny_data):
     ref = train(tiny_config(tmp_path / "ref", moe=True, micro_batch_size=4, noise_scale=True),
-                data=tiny_data, log=lambda s: None)  # fmt: skip
-
-    def stop_at_25(line: str) -> None:  # dies after logging step 25; newest checkpoint: 20
-        if line.startswith("step 25/"):
-            raise KeyboardInterrupt
-
+                data=tiny_data)  # fmt: skip
     cfg = tiny_config(tmp_path / "run", moe=True, micro_batch_size=4, noise_scale=True)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, data=tiny_data, log=stop_at_25)
+    # dies after logging step 25; newest checkpoint: 20
+    with pytest.raises(KeyboardInterrupt), log_lines(stop_at="step 25/"):
+        train(cfg, data=tiny_data)
     assert max(losses(tmp_path / "run")) == 25
-    lines: list[str] = []
-    out = train(cfg, data=tiny_data, log=lines.append)
+    with log_lines() as lines:
+        out = train(cfg, data=tiny_data)
     assert any("resuming" in line and "step 20" in line for line in lines)
     assert losses(tmp_path / "run") == losses(tmp_path / "ref")  # bitwise, no duplicates
     steps = [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
     assert steps == sorted(set(steps))
-    assert out["val_loss"] == ref["val_loss"]
-    assert out["noise_scale"] == ref["noise_scale"] and out["noise_scale"] is not None
+    assert out.val_loss == ref.val_loss
+    assert out.noise_scale == ref.noise_scale and out.noise_scale is not None
 
 
 def test_finished_run_is_not_retrained(tmp_path: Path, tiny_data):
     cfg = tiny_config(tmp_path / "run", tokens=5 * 8 * 32)
-    first = train(cfg, data=tiny_data, log=lambda s: None)
+    first = train(cfg, data=tiny_data)
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
-    lines: list[str] = []
-    again = train(cfg, data=tiny_data, log=lines.append)
+    with log_lines() as lines:
+        again = train(cfg, data=tiny_data)
     assert again == first
     assert "already trained" in lines[0] and str(tmp_path / "run" / "summary.json") in lines[0]
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
     with pytest.raises(ConfigError, match="done run with a different config"):
         train(tiny_config(tmp_path / "run", tokens=5 * 8 * 32, lr=1e-3), data=tiny_data)
-    forced = train(cfg, data=tiny_data, log=lambda s: None, force=True)
-    assert forced["status"] == "done" and forced["steps"] == 5
+    forced = train(cfg, data=tiny_data, force=True)
+    assert forced.status == "done" and forced.steps == 5
 
 
 def test_changed_config_of_unfinished_run_is_refused(tmp_path: Path, tiny_data):
     cfg = tiny_config(tmp_path / "run")
-
-    def stop(line: str) -> None:
-        if line.startswith("step 12/"):
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, data=tiny_data, log=stop)
+    with pytest.raises(KeyboardInterrupt), log_lines(stop_at="step 12/"):
+        train(cfg, data=tiny_data)
     changed = tiny_config(tmp_path / "run", lr=1e-3, batch_size=4)
     with pytest.raises(ConfigError) as err:
-        train(changed, data=tiny_data, log=lambda s: None)
+        train(changed, data=tiny_data)
     assert "train.lr: 0.003 -> 0.001" in str(err.value)
     assert "train.batch_size" in str(err.value) and "--force" in str(err.value)
-    assert train(changed, data=tiny_data, log=lambda s: None, force=True)["status"] == "done"
+    assert train(changed, data=tiny_data, force=True).status == "done"
 
 
 def test_non_finite_loss_fails_with_step_and_keeps_checkpoint(tmp_path, tiny_data, monkeypatch):
     calls = {"n": 0}
-    real = trainer_mod.lm_loss
+    real = step_mod.lm_loss
 
     def poisoned(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        calls["n"] += 1  # one call per training micro-batch, plus the eval batches
+        calls["n"] += 1  # one call per training micro-batch
         loss = real(logits, targets)
-        return loss * math.nan if torch.is_grad_enabled() and calls["n"] > 17 else loss
+        return loss * math.nan if calls["n"] > 15 else loss
 
-    monkeypatch.setattr(trainer_mod, "lm_loss", poisoned)
+    monkeypatch.setattr(step_mod, "lm_loss", poisoned)
     cfg = tiny_config(tmp_path / "run")
-    out = train(cfg, data=tiny_data, log=lambda s: None)
-    assert out["status"] == "failed"
-    assert out["step"] == 16  # 2 eval batches at step 0, then 15 good steps
-    assert "non-finite loss" in out["reason"]
-    assert out["last_checkpoint"] == 10
+    out = train(cfg, data=tiny_data)
+    assert out.status == "failed"
+    assert out.failed_step == 16  # 15 good steps
+    assert "non-finite loss" in out.reason and "at step 16" in out.reason
+    assert out.last_checkpoint == 10 and out.steps == 10
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert saved["status"] == "failed" and saved["step"] == 16
+    assert saved["status"] == "failed" and saved["failed_step"] == 16
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000010.pt"]
 
 
@@ -145,5 +141,6 @@ def test_cli_exit_code_follows_status(tmp_path: Path, monkeypatch):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"train:\n  out_dir: {tmp_path / 'run'}\n")
     for status, code in (("done", 0), ("failed", 1)):
-        monkeypatch.setattr(trainer_mod, "train", lambda *a, s=status, **k: {"status": s})
+        result = SimpleNamespace(status=status)
+        monkeypatch.setattr(trainer_mod, "train", lambda *a, r=result, **k: r)
         assert main(["train", str(cfg)]) == code

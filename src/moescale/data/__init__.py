@@ -2,23 +2,28 @@
 
 The trainer uses three names::
 
-    prepared = prepare_data(cfg.data, cfg.model.vocab_size, log=print)
+    prepared = prepare_data(cfg.data, cfg.model.vocab_size)
     sampler = BatchSampler(prepared.train_tokens, cfg.model.seq_len, seed=cfg.train.seed)
     x_BS, y_BS = sampler.batch(step, batch_size)  # pure function of (seed, step, batch_size)
     evals = val_batches(prepared.val_tokens, seq_len, cfg.train.eval_tokens, batch_size)
 
+Modules, in the order data flows through them: `cache` (cache root, lock, file hashes),
+`documents` (documents, on-disk text format, seeded split, corpus hash), `clean` (text
+cleaning), `sources` (the registry packages behind the bundled corpus), `bundled` (its cache and
+manifest), `user_files` (the user's .txt/.jsonl/.parquet files), `corpus` (`load_corpus`, the
+entry point for `data.corpus`), `tokenizer` (byte-level BPE), `shards` (token shards on disk,
+`prepare_data`), `sampler` (training and validation batches). Progress is logged through
+`logging` under "moescale.data".
+
 Importing this package does not import torch or tokenizers (the CLI must start fast).
 """
 
-from moescale.data.corpus import EOS, build_bundled_corpus, cache_root, load_corpus
-from moescale.data.dataset import (
-    BatchSampler,
-    PreparedData,
-    n_windows,
-    prepare_data,
-    token_dtype,
-    val_batches,
-)
+from moescale.data.bundled import build_bundled_corpus
+from moescale.data.cache import cache_root
+from moescale.data.corpus import load_corpus
+from moescale.data.documents import EOS
+from moescale.data.sampler import BatchSampler, n_windows, val_batches
+from moescale.data.shards import PreparedData, prepare_data, token_dtype
 from moescale.data.tokenizer import load_tokenizer
 
 __all__ = [

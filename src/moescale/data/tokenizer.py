@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from moescale.atomic import atomic_write_bytes
-from moescale.data.corpus import EOS
+from moescale.data.documents import EOS
 from moescale.errors import ConfigError
 
 if TYPE_CHECKING:

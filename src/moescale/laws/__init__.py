@@ -5,18 +5,16 @@ from moescale.laws.allocate import (
     DATA_EFFICIENCY_DEFINITION,
     Allocation,
     Comparison,
-    GranularityOptimum,
     allocate,
     budget_for_loss,
     closed_form_allocation,
     compare,
-    optimal_granularity,
-    p0_n_total,
-    routing_aware_flops,
 )
-from moescale.laws.fit import FitResult, bootstrap, fit_law
+from moescale.laws.fit import bootstrap, fit_law, fit_table
 from moescale.laws.forms import (
     BUILTIN,
+    EXTRA_INPUTS,
+    ExtraInput,
     LawForm,
     chinchilla,
     custom,
@@ -24,6 +22,13 @@ from moescale.laws.forms import (
     kaplan,
     krajewski,
     wang,
+)
+from moescale.laws.granularity import (
+    GranularityOptimum,
+    krajewski_n_total,
+    krajewski_shape,
+    optimal_granularity,
+    routing_aware_flops,
 )
 from moescale.laws.hyper import (
     Heatmap,
@@ -35,18 +40,23 @@ from moescale.laws.hyper import (
     hyper_laws_from_table,
     lr_heatmap,
 )
+from moescale.laws.plan import Plan, make_plan
+from moescale.laws.result import FitResult, read_fit
 from moescale.laws.table import read_table
 
 __all__ = [
     "BUILTIN",
     "DATA_EFFICIENCY_DEFINITION",
+    "EXTRA_INPUTS",
     "Allocation",
     "Comparison",
+    "ExtraInput",
     "FitResult",
     "GranularityOptimum",
     "Heatmap",
     "HyperLaws",
     "LawForm",
+    "Plan",
     "PowerLaw",
     "allocate",
     "batch_heatmap",
@@ -59,13 +69,17 @@ __all__ = [
     "fit_hyper_laws",
     "fit_law",
     "fit_power_law",
+    "fit_table",
     "get_form",
     "hyper_laws_from_table",
     "kaplan",
     "krajewski",
+    "krajewski_n_total",
+    "krajewski_shape",
     "lr_heatmap",
+    "make_plan",
     "optimal_granularity",
-    "p0_n_total",
+    "read_fit",
     "read_table",
     "routing_aware_flops",
     "wang",

@@ -1,16 +1,10 @@
 """Compute-optimal allocation (N_opt, D_opt, loss) and MoE-vs-dense comparison at a budget.
 
-Conventions:
-- Simple FLOPs: C = k·N·D (k = 6, Kaplan/Chinchilla), N being the law's N. For a law
-  A_E/N^α + B/D^β + const the optimum has the closed form of science.md §3; otherwise (kaplan,
-  custom laws) the 1-D problem in log N is solved by bounded Brent.
-- Routing-aware FLOPs (P0, Krajewski et al. 2024): F = (12·d²·c_f + d·E·G·c_r)·D·L_b with
-  c_f = 6, c_r = 14, shape d = 64·L_b, N_total = d²·(8E + 4)·L_b. A P0 table entry "64×S" is
-  read as: S = 12·d²·L_b, the non-embedding size of the dense model of the same shape (one
-  standard expert set, i.e. N_active of the top-1, G = 1 model); the law's N is
-  N_total = d²·(8E + 4)·L_b = S·(8E + 4)/12. This reading reproduces all five §5 rows: FLOPs
-  within 0.5 %, loss within 0.025, optimal G equal, and the Brent optimum over S at the row's
-  budget lands within 3 % of the table's S and D.
+FLOPs are C = k·N·D (k = 6, Kaplan et al. 2020; Hoffmann et al. 2022), N being the law's N.
+For a law that reduces to A_E/N^α + B/D^β + const (`LawForm.power_terms`) the optimum has a
+closed form (docs/science.md, "Compute-optimal allocation"); otherwise (kaplan, custom laws)
+the 1-D problem in log N is solved by bounded Brent. Routing-aware FLOPs and the optimal
+granularity of Krajewski et al. (2024) are in `moescale.laws.granularity`.
 
 Data efficiency of MoE over dense at budget C (our definition, also written into the output):
 take the dense law's compute-optimal model at C (N_d, D_d, loss L_d); D_moe = the tokens the MoE
@@ -24,22 +18,21 @@ compute each needs for the same loss is reported as `compute_ratio` = C_dense(L_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
-from moescale.accounting import C_F, C_R, p0_flops, p0_params_total
 from moescale.errors import UserError
-from moescale.laws.forms import LawForm, get_form
+from moescale.laws.forms import EXTRA_INPUTS, LawForm, get_form
 
 DATA_EFFICIENCY_DEFINITION = (
     "D_dense / D_moe - 1, where N_d, D_dense are the dense law's compute-optimal size and "
     "tokens at the budget, L_d its loss, and D_moe the tokens the MoE law needs at the same N_d "
     "to reach L_d"
 )
-P0_CF, P0_CR = float(C_F), float(C_R)
 
 
 @dataclass
@@ -52,33 +45,34 @@ class Allocation:
     loss: float
     method: str
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
-    extras: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, float] = field(default_factory=dict)  # E, G it was computed at
+    k: float = 6.0  # C = k·N·D
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "flops": f"C = {self.k:g} N D",
+            "method": self.method,
+            "n_opt": self.n_opt,
+            "d_opt": self.d_opt,
+            "loss": self.loss,
+            "intervals": {k: list(v) for k, v in self.intervals.items()},
+        }
+
+
+def check_budget(budget: float) -> None:
+    """A UserError unless `budget` is a positive, finite number of FLOPs."""
+    if not (budget > 0 and math.isfinite(budget)):
+        raise UserError(f"--budget must be a positive number of FLOPs, got {budget}")
 
 
 def closed_form_allocation(
     a_e: float, b: float, alpha: float, beta: float, budget: float, k: float = 6.0
 ) -> tuple[float, float]:
-    """N_opt, D_opt for A_E/N^α + B/D^β + const under C = k·N·D (science.md §3)."""
+    """N_opt, D_opt for A_E/N^α + B/D^β + const under C = k·N·D (docs/science.md)."""
     gc = (alpha * a_e / (beta * b)) ** (1.0 / (alpha + beta))
     n = gc * (budget / k) ** (beta / (alpha + beta))
     d = (budget / k) ** (alpha / (alpha + beta)) / gc
     return n, d
-
-
-def _power_terms(
-    form: LawForm, params: Mapping[str, float], extras: Mapping[str, float]
-) -> tuple[float, float, float, float, float] | None:
-    """(A_E, B, alpha, beta, const) when the law reduces to A_E/N^α + B/D^β + const."""
-    p = params
-    if form.name == "chinchilla":
-        return p["A"], p["B"], p["alpha"], p["beta"], p["E0"]
-    if form.name == "wang":
-        e = extras.get("E", 1.0)
-        return p["A"] / e ** p["gamma"], p["B"], p["alpha"], p["beta"], p["sigma"]
-    if form.name == "krajewski":
-        g = extras.get("G", 1.0)
-        return p["g"] / g ** p["gamma"] + p["a"], p["b"], p["alpha"], p["beta"], p["c"]
-    return None
 
 
 def _loss_at(
@@ -88,13 +82,10 @@ def _loss_at(
     for key in form.inputs:
         if key not in x:
             if key not in extras:
-                raise UserError(f"law {form.name} needs a value for {key} (--{_flag(key)})")
+                flag = EXTRA_INPUTS[key].plan_flag if key in EXTRA_INPUTS else f"--{key}"
+                raise UserError(f"law {form.name} needs a value for {key} ({flag})")
             x[key] = np.array([float(extras[key])])
     return float(form.predict(x, params)[0])
-
-
-def _flag(key: str) -> str:
-    return {"E": "experts", "G": "granularity"}.get(key, key)
 
 
 def allocate_point(
@@ -108,7 +99,7 @@ def allocate_point(
 ) -> tuple[float, float, float, str]:
     """(N_opt, D_opt, loss, method) at budget C = k·N·D; closed form unless `numeric`."""
     extras = dict(extras or {})
-    terms = None if numeric else _power_terms(form, params, extras)
+    terms = None if numeric else form.power_terms(params, extras)
     if terms is not None:
         a_e, b, alpha, beta, const = terms
         n, d = closed_form_allocation(a_e, b, alpha, beta, budget, k)
@@ -143,10 +134,11 @@ def allocate(
 ) -> Allocation:
     """Compute-optimal N, D and loss at `budget`, with intervals from bootstrap `samples`."""
     form = get_form(law)
-    if not (budget > 0 and math.isfinite(budget)):
-        raise UserError(f"--budget must be a positive number of FLOPs, got {budget}")
+    check_budget(budget)
     n, d, loss, method = allocate_point(form, params, budget, k=k, extras=extras, numeric=numeric)
-    out = Allocation(budget=budget, n_opt=n, d_opt=d, loss=loss, method=method)
+    out = Allocation(
+        budget=budget, n_opt=n, d_opt=d, loss=loss, method=method, extras=dict(extras or {}), k=k
+    )
     if samples:
         pts = [
             allocate_point(form, s, budget, k=k, extras=extras, numeric=numeric) for s in samples
@@ -192,6 +184,19 @@ class Comparison:
     compute_ratio: float  # C_dense(L_moe(C)) / C: compute dense needs for MoE's optimal loss
     definition: str = DATA_EFFICIENCY_DEFINITION
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "moe_loss": self.moe.loss,
+            "dense_loss": self.dense.loss,
+            "loss_gap": self.loss_gap,
+            "d_moe": self.d_moe,
+            "d_dense": self.d_dense,
+            "compute_ratio": self.compute_ratio,
+            "data_efficiency": self.data_efficiency,
+            "definition": self.definition,
+            "intervals": {k: list(v) for k, v in self.intervals.items()},
+        }
 
 
 def tokens_for_loss(
@@ -273,91 +278,3 @@ def compare(
             "compute_ratio": _interval([p[3] for p in pts]),
         }
     return out
-
-
-# ---------------- routing-aware FLOPs and P0's optimal granularity ----------------
-
-
-def p0_shape(size: float) -> tuple[float, float]:
-    """(d, L_b) of P0's shape rule d = 64·L_b for a dense-equivalent size S = 12·d²·L_b."""
-    n_layers = (size / (12.0 * 64.0**2)) ** (1.0 / 3.0)
-    return 64.0 * n_layers, n_layers
-
-
-def p0_n_total(size: float, experts: float) -> float:
-    """N_total = d²·(8E + 4)·L_b for dense-equivalent size S (so N_total = S·(8E + 4)/12)."""
-    return p0_params_total(*p0_shape(size), experts)
-
-
-def routing_aware_flops(
-    size: float,
-    tokens: float,
-    experts: float,
-    granularity: float,
-    c_f: float = P0_CF,
-    c_r: float = P0_CR,
-) -> float:
-    """P0's F = (12·d²·c_f + d·E·G·c_r)·D·L_b for a model of dense-equivalent size S."""
-    return p0_flops(*p0_shape(size), experts, granularity, tokens, c_f=c_f, c_r=c_r)
-
-
-@dataclass
-class GranularityOptimum:
-    """Compute-optimal model under routing-aware FLOPs, optimal G included."""
-
-    budget: float
-    granularity: int
-    size: float  # dense-equivalent size S = 12·d²·L_b ("64×S" in P0's table)
-    n_total: float
-    tokens: float
-    loss: float
-    by_granularity: dict[int, float] = field(default_factory=dict)  # G -> optimal loss
-
-
-def optimal_granularity(
-    params: Mapping[str, float],
-    budget: float,
-    *,
-    experts: float = 64,
-    granularities: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128),
-    loss_fn: Callable[[float, float, float], float] | None = None,
-) -> GranularityOptimum:
-    """For each G, Brent over log S with D = budget / FLOPs-per-token; keep the best G.
-
-    `params` are krajewski's (a, b, g, c, alpha, beta, gamma); N in the law is N_total.
-    """
-    form = get_form("krajewski")
-
-    def law(n_total: float, tokens: float, g: float) -> float:
-        if loss_fn is not None:
-            return loss_fn(n_total, tokens, g)
-        x = {"N": np.array([n_total]), "D": np.array([tokens]), "G": np.array([g])}
-        return float(form.predict(x, params)[0])
-
-    best: GranularityOptimum | None = None
-    losses: dict[int, float] = {}
-    for g in granularities:
-
-        def f(logs: float, g: float = g) -> float:
-            s = math.exp(logs)
-            tokens = budget / routing_aware_flops(s, 1.0, experts, g)
-            return law(p0_n_total(s, experts), tokens, g)
-
-        hi = math.log(budget / 72.0)  # at least ~1 token
-        res = minimize_scalar(
-            f, bounds=(math.log(1e3), hi), method="bounded", options={"xatol": 1e-9}
-        )
-        s = math.exp(float(res.x))
-        losses[int(g)] = float(res.fun)
-        if best is None or res.fun < best.loss:
-            best = GranularityOptimum(
-                budget=budget,
-                granularity=int(g),
-                size=s,
-                n_total=p0_n_total(s, experts),
-                tokens=budget / routing_aware_flops(s, 1.0, experts, g),
-                loss=float(res.fun),
-            )
-    assert best is not None
-    best.by_granularity = losses
-    return best

@@ -7,90 +7,59 @@ from one non-negative least-squares solve. The built-in laws are sums of power l
 are exp(-Σ_k θ_k · log x_k): for them the bases and their derivatives are computed for a whole
 batch of exponent vectors at once, which is what makes a fit take milliseconds.
 
-Custom laws are expression strings parsed with `ast` against a whitelist (arithmetic, numbers,
-the declared names, exp/log/sqrt); nothing is passed to `eval` that the whitelist did not accept.
+Everything else a law knows about itself lives on its `LawForm` too, so that adding a law means
+adding one constructor here (and an entry in `BUILTIN`): the results-table column its N is read
+from, defaults for its extra inputs (E, G), its reduction to power terms for closed-form
+allocation, an analytic gradient when no coefficient enters linearly (Kaplan et al. 2020), and
+whether a plan searches its granularity. Formulas and their sources are in docs/science.md.
+
+Custom laws are expression strings (see `moescale.laws.expression`).
 """
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from moescale.errors import UserError
+from moescale.laws.expression import Func, compile_expression, linear_structure, names
+from moescale.run import Col
 
-_FUNCS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "exp": np.exp,
-    "log": np.log,
-    "sqrt": np.sqrt,
-}
-_ALLOWED_NODES = (
-    ast.Expression,
-    ast.BinOp,
-    ast.UnaryOp,
-    ast.Add,
-    ast.Sub,
-    ast.Mult,
-    ast.Div,
-    ast.Pow,
-    ast.USub,
-    ast.UAdd,
-    ast.Name,
-    ast.Load,
-    ast.Constant,
-    ast.Call,
-)
-KNOWN_INPUTS = ("N", "D", "C", "E", "G")
 _DEFAULT_EXP_GRID = tuple(np.round(np.linspace(0.05, 1.5, 14), 4))
 
-
-def _compile(tree: ast.Expression) -> Callable[[Mapping[str, object]], np.ndarray]:
-    """Compile a whitelisted expression tree into a function of a name -> value mapping."""
-    code = compile(tree, "<law>", "eval")
-
-    def func(env: Mapping[str, object]) -> np.ndarray:
-        scope: dict[str, object] = {"__builtins__": {}}
-        scope.update(_FUNCS)
-        scope.update(env)
-        with np.errstate(all="ignore"):
-            return np.asarray(eval(code, scope))  # noqa: S307 - tree checked by _parse
-
-    return func
+# (A_E, B, alpha, beta, const) of L = A_E/N^alpha + B/D^beta + const
+PowerTerms = tuple[float, float, float, float, float]
+PowerTermsFn = Callable[[Mapping[str, float], Mapping[str, float]], PowerTerms]
+# optimiser variables z, inputs x -> (log L̂ (n,), d log L̂ / dz (n, len(z)))
+LogGradientFn = Callable[[np.ndarray, Mapping[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
 
-def _parse(expr: str, allowed: set[str]) -> ast.Expression:
-    """Parse `expr` and reject anything but arithmetic on allowed names and numbers."""
-    try:
-        tree = ast.parse(expr, mode="eval")
-    except SyntaxError as exc:
-        raise UserError(
-            f"law expression {expr!r} is not valid Python arithmetic: {exc.msg}"
-        ) from exc
-    for node in ast.walk(tree):
-        if not isinstance(node, _ALLOWED_NODES):
-            raise UserError(
-                f"law expression {expr!r}: {type(node).__name__} is not allowed; use + - * / **, "
-                "numbers, the input and parameter names, and exp/log/sqrt"
-            )
-        if isinstance(node, ast.Constant) and not isinstance(node.value, int | float):
-            raise UserError(f"law expression {expr!r}: only numeric constants are allowed")
-        if isinstance(node, ast.Call):
-            if not (isinstance(node.func, ast.Name) and node.func.id in _FUNCS) or node.keywords:
-                raise UserError(
-                    f"law expression {expr!r}: only exp(), log() and sqrt() may be called"
-                )
-        if isinstance(node, ast.Name) and node.id not in allowed and node.id not in _FUNCS:
-            raise UserError(
-                f"law expression {expr!r}: unknown name {node.id!r}; "
-                f"allowed: {', '.join(sorted(allowed))}, exp, log, sqrt"
-            )
-    return tree
+@dataclass(frozen=True)
+class ExtraInput:
+    """An input beyond N, D and C: its results-table column and its command-line flags."""
+
+    symbol: str
+    column: str
+    flag: str  # `moescale plan --FLAG VALUE`, `moescale fit --FLAG-col COLUMN`
+    meaning: str
+    dense: float = 1.0  # its value for a dense model
+
+    @property
+    def plan_flag(self) -> str:
+        return f"--{self.flag}"
+
+    @property
+    def column_flag(self) -> str:
+        return f"--{self.flag}-col"
 
 
-def _names(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id not in _FUNCS}
+EXTRA_INPUTS: dict[str, ExtraInput] = {
+    "E": ExtraInput("E", Col.EXPERTS, "experts", "expansion rate (experts in d_ff units)"),
+    "G": ExtraInput("G", Col.GRANULARITY, "granularity", "expert granularity"),
+}
+KNOWN_INPUTS = ("N", "D", "C", *EXTRA_INPUTS)
 
 
 @dataclass(frozen=True)
@@ -101,6 +70,13 @@ class LawForm:
     power-sum laws only) gives, for each linear coefficient, the (exponent, input) pairs of its
     basis Π x^(-θ), which lets bases and gradients be computed in closed form for many θ at once.
     `log_scale` nonlinear parameters are searched in log space (positive scales such as N_c).
+
+    What the rest of the package asks of a law: `n_column`, the results-table column of its N;
+    `input_defaults`, values of extra inputs a plan assumes when none is given; `to_power_terms`,
+    its reduction to A_E/N^α + B/D^β + const (closed-form allocation); `log_gradient`, log L̂
+    and its gradient in the optimiser variables (the parameters in `linear + nonlinear` order,
+    `log_scale` ones as logs), for laws fitted without variable projection; `granularity_search`,
+    whether a plan without a G searches the best one under routing-aware FLOPs.
     """
 
     name: str
@@ -113,15 +89,36 @@ class LawForm:
     bounds: dict[str, tuple[float, float]]
     log_scale: tuple[str, ...] = ()
     terms: tuple[tuple[tuple[str, str], ...], ...] | None = None
-    _func: Callable[[Mapping[str, object]], np.ndarray] | None = field(
-        default=None, repr=False, compare=False
-    )
-    _bases: tuple[tuple[Callable[[Mapping[str, object]], np.ndarray], float], ...] = field(
-        default=(), repr=False, compare=False
-    )
-    _offset: Callable[[Mapping[str, object]], np.ndarray] | None = field(
-        default=None, repr=False, compare=False
-    )
+    n_column: str = Col.PARAMS_ACTIVE
+    input_defaults: Mapping[str, float] = field(default_factory=dict)
+    granularity_search: bool = False
+    builtin: bool = False
+    to_power_terms: PowerTermsFn | None = field(default=None, repr=False, compare=False)
+    log_gradient: LogGradientFn | None = field(default=None, repr=False, compare=False)
+    _func: Func | None = field(default=None, repr=False, compare=False)
+    _bases: tuple[tuple[Func, float], ...] = field(default=(), repr=False, compare=False)
+    _offset: Func | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def extras(self) -> tuple[ExtraInput, ...]:
+        """Its inputs beyond N, D and C (E, G)."""
+        return tuple(EXTRA_INPUTS[k] for k in self.inputs if k in EXTRA_INPUTS)
+
+    def extra_values(self, given: Mapping[str, float]) -> dict[str, float]:
+        """Values of its extra inputs: `given` ones, else its defaults; absent when neither."""
+        out = {k: float(v) for k, v in self.input_defaults.items() if k in self.inputs}
+        out.update({x.symbol: float(given[x.symbol]) for x in self.extras if x.symbol in given})
+        return out
+
+    def dense_values(self) -> dict[str, float]:
+        """Its extra inputs at a dense model's values (E = 1, G = 1)."""
+        return {x.symbol: x.dense for x in self.extras}
+
+    def power_terms(
+        self, params: Mapping[str, float], extras: Mapping[str, float]
+    ) -> PowerTerms | None:
+        """(A_E, B, alpha, beta, const) when the law reduces to A_E/N^α + B/D^β + const."""
+        return None if self.to_power_terms is None else self.to_power_terms(params, extras)
 
     def predict(self, x: Mapping[str, np.ndarray], params: Mapping[str, float]) -> np.ndarray:
         """Loss predicted at inputs `x` (name -> array) for parameter values `params`."""
@@ -133,6 +130,11 @@ class LawForm:
         assert self._func is not None
         n = len(next(iter(env.values()))) if self.inputs else 1
         return np.broadcast_to(self._func(env), (n,)).astype(float)
+
+    def evaluate(self, env: Mapping[str, object]) -> np.ndarray:
+        """The expression on broadcastable inputs and parameters (no checks, no reshaping)."""
+        assert self._func is not None
+        return self._func(env)
 
     def log_design(self, x: Mapping[str, np.ndarray]) -> np.ndarray | None:
         """For power-sum laws: M[i, j, k] = log of the input that exponent k acts on in basis j.
@@ -178,11 +180,15 @@ def _power_sum(
     inputs: tuple[str, ...],
     params: tuple[str, ...],
     terms: dict[str, tuple[tuple[str, str], ...]],
+    to_power_terms: PowerTermsFn,
     grid: dict[str, tuple[float, ...]] | None = None,
+    n_column: str = Col.PARAMS_ACTIVE,
+    input_defaults: Mapping[str, float] | None = None,
+    granularity_search: bool = False,
 ) -> LawForm:
+    """A built-in sum of power laws."""
     linear = tuple(terms)
     nonlinear = tuple(p for p in params if p not in terms)
-    allowed = set(inputs) | set(params)
     return LawForm(
         name=name,
         expression=expression,
@@ -193,7 +199,12 @@ def _power_sum(
         grid=grid or {p: _DEFAULT_EXP_GRID for p in nonlinear},
         bounds={p: (0.0, 3.0) for p in nonlinear},
         terms=tuple(terms.values()),
-        _func=_compile(_parse(expression, allowed)),
+        n_column=n_column,
+        input_defaults=dict(input_defaults or {}),
+        granularity_search=granularity_search,
+        builtin=True,
+        to_power_terms=to_power_terms,
+        _func=compile_expression(expression, set(inputs) | set(params)),
     )
 
 
@@ -205,27 +216,41 @@ def chinchilla() -> LawForm:
         ("N", "D"),
         ("E0", "A", "B", "alpha", "beta"),
         {"E0": (), "A": (("alpha", "N"),), "B": (("beta", "D"),)},
+        to_power_terms=lambda p, x: (p["A"], p["B"], p["alpha"], p["beta"], p["E0"]),
     )
 
 
+def _wang_terms(p: Mapping[str, float], x: Mapping[str, float]) -> PowerTerms:
+    e = x.get("E", 1.0)
+    return p["A"] / e ** p["gamma"], p["B"], p["alpha"], p["beta"], p["sigma"]
+
+
 def wang() -> LawForm:
-    """Wang et al. 2024 (seed 001): L = A/(N^alpha·E^gamma) + B/D^beta + sigma; E = 1 dense."""
+    """Wang et al. 2024: L = A/(N^alpha·E^gamma) + B/D^beta + sigma; E = 1 for dense."""
     return _power_sum(
         "wang",
         "A / (N**alpha * E**gamma) + B / D**beta + sigma",
         ("N", "D", "E"),
         ("A", "B", "alpha", "beta", "gamma", "sigma"),
         {"sigma": (), "A": (("alpha", "N"), ("gamma", "E")), "B": (("beta", "D"),)},
+        to_power_terms=_wang_terms,
         grid={
             "alpha": _DEFAULT_EXP_GRID,
             "beta": _DEFAULT_EXP_GRID,
             "gamma": tuple(np.round(np.linspace(0.0, 1.0, 6), 3)),
         },
+        input_defaults={"E": 1.0},
     )
 
 
+def _krajewski_terms(p: Mapping[str, float], x: Mapping[str, float]) -> PowerTerms:
+    g = x.get("G", 1.0)
+    return p["g"] / g ** p["gamma"] + p["a"], p["b"], p["alpha"], p["beta"], p["c"]
+
+
 def krajewski() -> LawForm:
-    """Krajewski et al. 2024 (P0): L = c + (g/G^gamma + a)/N^alpha + b/D^beta."""
+    """Krajewski et al. 2024, "Scaling Laws for Fine-Grained Mixture of Experts":
+    L = c + (g/G^gamma + a)/N^alpha + b/D^beta, N counting all experts (N_total)."""
     return _power_sum(
         "krajewski",
         "c + (g / G**gamma + a) / N**alpha + b / D**beta",
@@ -237,19 +262,36 @@ def krajewski() -> LawForm:
             "g": (("alpha", "N"), ("gamma", "G")),
             "b": (("beta", "D"),),
         },
+        to_power_terms=_krajewski_terms,
         grid={
             "alpha": tuple(np.round(np.linspace(0.05, 1.2, 10), 3)),
             "beta": tuple(np.round(np.linspace(0.05, 1.2, 10), 3)),
             "gamma": tuple(np.round(np.linspace(0.1, 1.5, 6), 3)),
         },
+        n_column=Col.PARAMS_TOTAL,
+        granularity_search=True,
     )
+
+
+def _kaplan_log_gradient(
+    z: np.ndarray, x: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """log L̂ of Kaplan's law and its gradient in z = (log N_c, log D_c, alpha_N, alpha_D)."""
+    lnc, ldc, an, ad = z
+    t = lnc - np.log(x["N"])
+    logu = (an / ad) * t
+    logv = ldc - np.log(x["D"])
+    logs = np.logaddexp(logu, logv)
+    u, v = np.exp(logu - logs), np.exp(logv - logs)  # u/s, v/s
+    dlog = np.stack([an * u, ad * v, u * t, logs - (an / ad) * u * t], axis=1)
+    return ad * logs, dlog
 
 
 def kaplan() -> LawForm:
     """Kaplan et al. 2020: L = ((N_c/N)^(alpha_N/alpha_D) + D_c/D)^alpha_D.
 
     No coefficient enters linearly, so it is fitted by plain nonlinear least squares with the
-    scales N_c, D_c searched in log space.
+    scales N_c, D_c searched in log space, using its exact gradient.
     """
     params = ("N_c", "D_c", "alpha_N", "alpha_D")
     expression = "((N_c / N)**(alpha_N / alpha_D) + D_c / D)**alpha_D"
@@ -273,37 +315,10 @@ def kaplan() -> LawForm:
             "alpha_D": (1e-3, 3.0),
         },
         log_scale=("N_c", "D_c"),
-        _func=_compile(_parse(expression, set(params) | {"N", "D"})),
+        builtin=True,
+        log_gradient=_kaplan_log_gradient,
+        _func=compile_expression(expression, set(params) | {"N", "D"}),
     )
-
-
-def _split_sum(node: ast.AST, sign: float = 1.0) -> list[tuple[ast.AST, float]]:
-    """Top-level additive terms of an expression with their signs."""
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub):
-        right_sign = sign if isinstance(node.op, ast.Add) else -sign
-        return _split_sum(node.left, sign) + _split_sum(node.right, right_sign)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return _split_sum(node.operand, -sign)
-    return [(node, sign)]
-
-
-def _linear_factor(term: ast.AST, candidates: set[str]) -> str | None:
-    """The candidate name that multiplies the whole term (not under a division), if any."""
-    if isinstance(term, ast.Name) and term.id in candidates:
-        return term.id
-    if isinstance(term, ast.BinOp) and isinstance(term.op, ast.Mult):
-        return _linear_factor(term.left, candidates) or _linear_factor(term.right, candidates)
-    if isinstance(term, ast.BinOp) and isinstance(term.op, ast.Div):
-        return _linear_factor(term.left, candidates)
-    return None
-
-
-class _ReplaceWithOne(ast.NodeTransformer):
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def visit_Name(self, node: ast.Name) -> ast.AST:  # noqa: N802 - ast API
-        return ast.Constant(1.0) if node.id == self.name else node
 
 
 def custom(
@@ -324,12 +339,7 @@ def custom(
     """
     if not expression.strip():
         raise UserError("law expression is empty")
-    try:
-        used = _names(ast.parse(expression, mode="eval"))
-    except SyntaxError as exc:
-        raise UserError(
-            f"law expression {expression!r} is not valid arithmetic: {exc.msg}"
-        ) from exc
+    used = names(expression)
     if inputs is None:
         inputs = tuple(n for n in KNOWN_INPUTS if n in used)
     if not inputs:
@@ -337,36 +347,8 @@ def custom(
             f"law expression {expression!r} uses none of the inputs {', '.join(KNOWN_INPUTS)}"
         )
     params = tuple(sorted(used - set(inputs)))
-    tree = _parse(expression, set(inputs) | set(params))
-    terms = _split_sum(tree.body)
-    counts: dict[str, int] = {}
-    for n in ast.walk(tree):
-        if isinstance(n, ast.Name) and n.id in params:
-            counts[n.id] = counts.get(n.id, 0) + 1
-    once = {p for p, c in counts.items() if c == 1}
-    detected: list[str] = []
-    bases: list[tuple[Callable[[Mapping[str, object]], np.ndarray], float]] = []
-    offset_terms: list[tuple[ast.AST, float]] = []
-    for term, sign in terms:
-        p = _linear_factor(term, once - set(detected))
-        if p is None or (linear is not None and p not in linear):
-            offset_terms.append((term, sign))
-            continue
-        detected.append(p)
-        rest = _ReplaceWithOne(p).visit(ast.parse(ast.unparse(term), mode="eval"))
-        bases.append((_compile(ast.fix_missing_locations(rest)), sign))
-    if linear is not None:
-        bad = [p for p in linear if p not in detected]
-        if bad:
-            raise UserError(
-                f"law expression {expression!r}: {', '.join(bad)} do not enter linearly "
-                f"(linear candidates: {', '.join(detected) or 'none'})"
-            )
-    offset = None
-    if offset_terms:
-        src = " + ".join(f"({'-' if s < 0 else ''}({ast.unparse(t)}))" for t, s in offset_terms)
-        offset = _compile(_parse(src, set(inputs) | set(params)))
-    nonlinear = tuple(p for p in params if p not in detected)
+    structure = linear_structure(expression, tuple(inputs), params, linear)
+    nonlinear = tuple(p for p in params if p not in structure.linear)
     g = {p: _DEFAULT_EXP_GRID for p in nonlinear}
     g.update(dict(grid or {}))
     b = {p: (0.0, 3.0) for p in nonlinear}
@@ -376,13 +358,13 @@ def custom(
         expression=expression,
         inputs=tuple(inputs),
         params=params,
-        linear=tuple(detected),
+        linear=structure.linear,
         nonlinear=nonlinear,
         grid=g,
         bounds=b,
-        _func=_compile(tree),
-        _bases=tuple(bases),
-        _offset=offset,
+        _func=structure.func,
+        _bases=structure.bases,
+        _offset=structure.offset,
     )
 
 
@@ -405,4 +387,38 @@ def get_form(name_or_expr: str | LawForm) -> LawForm:
     raise UserError(
         f"unknown law {name_or_expr!r}; use one of {', '.join(BUILTIN)} "
         "or an expression such as 'E0 + A/N**alpha + B/D**beta'"
+    )
+
+
+def laws_with(predicate: Callable[[LawForm], bool]) -> list[str]:
+    """Names of the built-in laws for which `predicate` holds (for help texts and messages)."""
+    return [name for name, make in BUILTIN.items() if predicate(make())]
+
+
+def form_spec(form: LawForm) -> dict[str, object]:
+    """A picklable / JSON-able description from which `form_from_spec` rebuilds the form."""
+    if form.builtin:
+        return {"name": form.name}
+    return {
+        "name": form.name,
+        "expression": form.expression,
+        "inputs": list(form.inputs),
+        "linear": list(form.linear),
+        "grid": {k: list(v) for k, v in form.grid.items()},
+        "bounds": {k: list(v) for k, v in form.bounds.items()},
+    }
+
+
+def form_from_spec(spec: Mapping[str, object]) -> LawForm:
+    """The form described by `form_spec`'s output."""
+    name = str(spec["name"])
+    if "expression" not in spec:
+        return get_form(name)
+    return custom(
+        str(spec["expression"]),
+        inputs=tuple(spec["inputs"]),  # type: ignore[call-overload]
+        linear=tuple(spec["linear"]),  # type: ignore[call-overload]
+        grid={k: tuple(v) for k, v in dict(spec["grid"]).items()},  # type: ignore[call-overload]
+        bounds={k: tuple(v) for k, v in dict(spec["bounds"]).items()},  # type: ignore[call-overload]
+        name=name,
     )

@@ -1,7 +1,8 @@
 """Hyperparameter laws: optimal batch size and learning rate vs compute and vs loss.
 
-Forms (science.md §3): B_opt = b·C^β_B and η_opt = c·C^β_η (DeepSeek LLM), and in terms of
-loss B_opt = λ_B / L^α_B, η_opt = λ_η · L^α_η (seed 001), fitted per architecture. Sweeps give
+Forms (docs/science.md, "Hyperparameter laws"): B_opt = b·C^β_B and η_opt = c·C^β_η
+(DeepSeek-AI 2024, "DeepSeek LLM"), and in terms of loss B_opt = λ_B / L^α_B,
+η_opt = λ_η · L^α_η (Wang et al. 2024), fitted per architecture. Sweeps give
 many (batch, lr) runs per (N, D) cell; only near-optimal runs — within 0.25 % of the best loss in
 their cell — carry information about the optimum, so those are kept and regressed in log space
 (ordinary least squares on log-log). Intervals come from a row bootstrap of the kept runs.
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moescale.errors import UserError
+from moescale.laws.table import numeric_column
+from moescale.run import Col
 
 NEAR_OPTIMAL_TOL = 0.0025
 
@@ -39,7 +42,7 @@ class HyperLaws:
 
     `batch_vs_loss` stores B = λ_B · L^(−α_B) as PowerLaw(coef=λ_B, exponent=−α_B), and
     `lr_vs_loss` η = λ_η · L^α_η as PowerLaw(coef=λ_η, exponent=α_η); `alpha_B`/`alpha_eta`
-    give the exponents with the sign convention of science.md.
+    give the exponents with the sign convention of docs/science.md.
     """
 
     arch: str
@@ -117,12 +120,13 @@ def fit_hyper_laws(
     """Per-architecture batch and LR laws from a sweep table (one row per run).
 
     `compute` defaults to 6·N·D. Batch size is in whatever unit the table uses (the DeepSeek
-    coefficients are in tokens per step; the results table's `batch_size` is sequences).
+    coefficients are in tokens per step; the results table's batch size is sequences).
     """
     arch = np.asarray(arch).astype(str)
     n, d, batch, lr, loss = (np.asarray(a, float) for a in (n, d, batch, lr, loss))
     c = 6.0 * n * d if compute is None else np.asarray(compute, float)
-    for name, arr in [("N", n), ("D", d), ("batch_size", batch), ("lr", lr), ("loss", loss)]:
+    named = [("N", n), ("D", d), (Col.BATCH_SIZE, batch), (Col.LR, lr), ("loss", loss)]
+    for name, arr in named:
         bad = np.flatnonzero(~np.isfinite(arr) | (arr <= 0))
         if len(bad):
             raise UserError(f"column {name} must be finite and > 0; row {int(bad[0]) + 1} is not")
@@ -170,24 +174,24 @@ def heatmap(values: np.ndarray, tokens: np.ndarray, loss: np.ndarray, name: str)
 
 def batch_heatmap(batch: np.ndarray, tokens: np.ndarray, loss: np.ndarray) -> Heatmap:
     """Loss over (batch size, tokens) with the optimal-batch line."""
-    return heatmap(batch, tokens, loss, "batch_size")
+    return heatmap(batch, tokens, loss, Col.BATCH_SIZE)
 
 
 def lr_heatmap(lr: np.ndarray, tokens: np.ndarray, loss: np.ndarray) -> Heatmap:
     """Loss over (learning rate, tokens) with the optimal-LR line."""
-    return heatmap(lr, tokens, loss, "lr")
+    return heatmap(lr, tokens, loss, Col.LR)
 
 
 def hyper_laws_from_table(
     table: Mapping[str, np.ndarray],
     *,
-    arch_col: str = "arch",
-    n_col: str = "params_active",
-    d_col: str = "tokens",
-    flops_col: str | None = "flops",
-    batch_col: str = "batch_size",
-    lr_col: str = "lr",
-    loss_col: str = "val_loss",
+    arch_col: str = Col.ARCH,
+    n_col: str = Col.PARAMS_ACTIVE,
+    d_col: str = Col.TOKENS,
+    flops_col: str | None = Col.FLOPS,
+    batch_col: str = Col.BATCH_SIZE,
+    lr_col: str = Col.LR,
+    loss_col: str = Col.VAL_LOSS,
     bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict[str, HyperLaws]:
@@ -196,8 +200,6 @@ def hyper_laws_from_table(
     Compute comes from `flops_col` when the table has it, else 6·N·D. Without an `arch` column
     every row is one architecture named "all".
     """
-    from moescale.laws.table import numeric_column
-
     n = numeric_column(table, n_col, "n_col")
     d = numeric_column(table, d_col, "d_col")
     c = numeric_column(table, flops_col, "flops_col") if flops_col in table else None

@@ -7,7 +7,6 @@ possible the row (1-based, header not counted), so the user can fix the file.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,21 +14,22 @@ from pathlib import Path
 
 import numpy as np
 
-from moescale.atomic import atomic_write_text
 from moescale.errors import UserError
+from moescale.laws.forms import EXTRA_INPUTS, LawForm
+from moescale.run import Col
 
-# Results-table defaults (design README). N is N_active for the dense-style laws and N_total for
-# krajewski, whose N is all parameters (P0); override with --n-col.
-DEFAULT_COLUMNS = {
-    "D": "tokens",
-    "C": "flops",
-    "loss": "val_loss",
-    "E": "experts",
-    "G": "granularity",
-    "run": "run",
+# Results-table columns (moescale.run.Col) an input is read from unless overridden; N's column
+# belongs to the law (`LawForm.n_column`: N_active for most laws, N_total for krajewski), and
+# E's and G's to `EXTRA_INPUTS`.
+DEFAULT_COLUMNS = {"D": Col.TOKENS, "C": Col.FLOPS, "loss": Col.VAL_LOSS, "run": Col.RUN}
+COLUMN_FLAGS = {
+    "N": "--n-col",
+    "D": "--d-col",
+    "C": "--flops-col",
+    "loss": "--loss-col",
+    "run": "--run-col",
+    **{k: x.column_flag for k, x in EXTRA_INPUTS.items()},
 }
-DEFAULT_N_COLUMN = {"krajewski": "params_total"}
-DEFAULT_N_FALLBACK = "params_active"
 
 
 def read_table(path: str | Path) -> dict[str, np.ndarray]:
@@ -123,38 +123,26 @@ class FitInputs:
 
 
 def fit_inputs(
-    table: Mapping[str, np.ndarray],
-    inputs: tuple[str, ...],
-    *,
-    law: str,
-    n_col: str | None = None,
-    d_col: str | None = None,
-    flops_col: str | None = None,
-    loss_col: str | None = None,
-    experts_col: str | None = None,
-    granularity_col: str | None = None,
-    run_col: str | None = None,
+    table: Mapping[str, np.ndarray], form: LawForm, columns: Mapping[str, str | None]
 ) -> FitInputs:
-    """Resolve columns: any two of N, D, C (C = 6·N·D gives the third), loss, E, G, run."""
-    defaults = {
-        "N": DEFAULT_N_COLUMN.get(law, DEFAULT_N_FALLBACK),
-        "D": DEFAULT_COLUMNS["D"],
-        "C": DEFAULT_COLUMNS["C"],
-    }
-    given = {"N": n_col, "D": d_col, "C": flops_col}
-    flags = {"N": "--n-col", "D": "--d-col", "C": "--flops-col"}
-    chosen = {k: v for k, v in given.items() if v is not None}
+    """Resolve columns: any two of N, D, C (C = 6·N·D gives the third), loss, E, G, run.
+
+    `columns` maps an input (N, D, C, loss, run, E, G) to the column the user chose (None or
+    absent: the default)."""
+    given = {k: v for k, v in columns.items() if v}
+    defaults = {"N": form.n_column, "D": DEFAULT_COLUMNS["D"], "C": DEFAULT_COLUMNS["C"]}
+    chosen = {k: given[k] for k in ("N", "D", "C") if k in given}
     for k in ("N", "D", "C"):
         if len(chosen) >= 2:
             break
         if k not in chosen and defaults[k] in table:
             chosen[k] = defaults[k]
     if len(chosen) < 2:
-        want = ", ".join(f"{flags[k]} (default {defaults[k]!r})" for k in ("N", "D", "C"))
+        want = ", ".join(f"{COLUMN_FLAGS[k]} (default {defaults[k]!r})" for k in ("N", "D", "C"))
         raise UserError(
             f"need two of N, D, C columns: {want}; available columns: {', '.join(table)}"
         )
-    cols = {k: numeric_column(table, v, flags[k]) for k, v in chosen.items()}
+    cols = {k: numeric_column(table, v, COLUMN_FLAGS[k]) for k, v in chosen.items()}
     derived = None
     if "N" not in cols:
         cols["N"], derived = cols["C"] / (6.0 * cols["D"]), "N = C / (6 D)"
@@ -162,54 +150,29 @@ def fit_inputs(
         cols["D"], derived = cols["C"] / (6.0 * cols["N"]), "D = C / (6 N)"
     if "C" not in cols:
         cols["C"], derived = 6.0 * cols["N"] * cols["D"], "C = 6 N D"
-    lc = loss_col or DEFAULT_COLUMNS["loss"]
-    y = numeric_column(table, lc, "--loss-col")
+    lc = given.get("loss", DEFAULT_COLUMNS["loss"])
+    y = numeric_column(table, lc, COLUMN_FLAGS["loss"])
     x = {"N": cols["N"], "D": cols["D"], "C": cols["C"]}
-    columns = {**chosen, "loss": lc}
-    for key, col, flag in (
-        ("E", experts_col, "--experts-col"),
-        ("G", granularity_col, "--granularity-col"),
-    ):
-        if key in inputs:
-            name = col or DEFAULT_COLUMNS[key]
-            x[key] = numeric_column(table, name, flag)
-            columns[key] = name
+    names = {**chosen, "loss": lc}
+    for extra in form.extras:
+        name = given.get(extra.symbol, extra.column)
+        x[extra.symbol] = numeric_column(table, name, extra.column_flag)
+        names[extra.symbol] = name
     groups = None
-    rc = run_col or DEFAULT_COLUMNS["run"]
+    rc = given.get("run", DEFAULT_COLUMNS["run"])
     if rc in table:
         groups = table[rc]
-        columns["run"] = rc
-    elif run_col is not None:
+        names["run"] = rc
+    elif "run" in given:
         raise UserError(
-            f"column {run_col!r} (set by --run-col) is not in the table; "
+            f"column {rc!r} (set by {COLUMN_FLAGS['run']}) is not in the table; "
             f"available columns: {', '.join(table)}"
         )
     return FitInputs(
-        x={k: v for k, v in x.items() if k in inputs},
+        x={k: v for k, v in x.items() if k in form.inputs},
         loss=y,
         compute=cols["C"],
         groups=groups,
-        columns=columns,
+        columns=names,
         derived=derived,
     )
-
-
-def _finite_or_none(o: object) -> object:
-    """Replace non-finite floats by None so the JSON stays standard."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _finite_or_none(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_finite_or_none(v) for v in o]
-    return o
-
-
-def write_json(path: str | Path, obj: object) -> None:
-    """Write a fit or plan atomically (a kill never leaves half a file), or say why not."""
-    path = Path(path)
-    try:
-        atomic_write_text(path, json.dumps(_finite_or_none(obj), indent=1))
-    except OSError as exc:
-        raise UserError(f"cannot write --json {path}: {exc}") from exc
-    print(f"wrote {path}")

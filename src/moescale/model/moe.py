@@ -1,4 +1,4 @@
-"""The MoE feed-forward layer: router, balancing losses, capacity, metrics (science.md section 1).
+"""The MoE feed-forward layer: router, balancing losses, capacity, metrics (docs/science.md).
 
 Legend: T tokens, D d_model, X routed experts (E*G), F expert hidden (d_ff/G), K slots per token
 (k*G), H = 2F (gate and up packed). `logits_TX` router logits, `expert_idx_TK` chosen experts,
@@ -125,7 +125,7 @@ class MoEFFN(nn.Module):
     def __init__(self, d_model: int, d_ff: int, cfg: MoEConfig):
         super().__init__()
         self.cfg = cfg
-        n_exp, hid = cfg.routed_experts, d_ff // cfg.granularity
+        n_exp, hid = cfg.routed_experts, cfg.expert_hidden(d_ff)
         self.router = nn.Linear(d_model, n_exp, bias=False)
         # gate (w1) and up (w3) projections side by side: one matmul per expert
         self.w13_XDH = nn.Parameter(torch.empty(n_exp, d_model, 2 * hid))

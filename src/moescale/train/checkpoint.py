@@ -1,23 +1,42 @@
-"""The run's checkpoints, written atomically (`moescale.atomic`).
+"""The run's checkpoints: what they hold, their format version, writing and restoring them.
 
-A process killed mid-write leaves only a `.NAME.tmp-*` file, which nothing reads and the next save
-removes.
+`checkpoints/step_00000100.pt` is `torch.save` of a dict of tensors and plain Python values only
+(model and optimizer state, the step, every RNG state, the trainer's own counters, the resolved
+config), so it loads with `torch.load(weights_only=True)`: opening a checkpoint never runs code.
+The data position needs no field: batch s of a run is a pure function of (seed, s).
 
-Checkpoints are `checkpoints/step_00000100.pt` (torch.save of a dict: model, optimizer, step,
-RNG states, trainer state). Loading tries the newest first and skips, with a warning, any that
-fails to load, so a damaged file costs at most `checkpoint_every` steps.
+Files are written atomically (`moescale.atomic`): a process killed mid-write leaves only a
+`.step_*.tmp-*` file, which nothing reads and the next save removes. Loading tries the newest
+first and skips, with a warning, any that fails to load, so a damaged file costs at most
+`train.checkpoint_every` steps.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moescale.atomic import atomic_write
+import torch
 
+from moescale.atomic import atomic_write
+from moescale.train.device import rng_state, set_rng_state
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 2  # 1: unpickled in full (numpy RNG arrays); 2: tensors and plain values only
 CKPT_RE = re.compile(r"^step_(\d{8})\.pt$")
+
+
+@dataclass
+class TrainerState:
+    """The trainer's own counters that a resumed run continues from."""
+
+    val_loss: float | None = None
+    wall_time_s: float = 0.0
+    noise: dict[str, Any] | None = None  # NoiseScaleEstimator.state_dict()
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -38,8 +57,6 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 
 def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Write checkpoint `step` atomically, then delete all but the newest `keep` ones."""
-    import torch
-
     path = checkpoint_path(directory, step)
     atomic_write(path, lambda f: torch.save(state, f))
     for p in directory.glob(".step_*.tmp-*"):  # leftovers of a process killed mid-write
@@ -50,22 +67,62 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    import torch
-
-    # Our own files, holding numpy / python RNG states as well as tensors: full unpickling.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint's state dict, loaded without unpickling arbitrary objects."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            "not loadable with weights_only=True: damaged, not a moescale checkpoint, or written "
+            f"by an older moescale (format < {FORMAT}); torch said: {str(exc).splitlines()[0]}"
+        ) from None
     if not isinstance(state, dict) or "step" not in state or "model" not in state:
         raise ValueError("not a moescale checkpoint")
+    if state.get("format") != FORMAT:
+        raise ValueError(f"checkpoint format {state.get('format')}, this moescale reads {FORMAT}")
     return state
 
 
-def load_latest(
-    directory: Path, log: Callable[[str], None] = print
-) -> tuple[int, dict[str, Any]] | None:
+def load_latest(directory: Path) -> tuple[int, dict[str, Any]] | None:
     """The newest checkpoint that loads, or None; broken ones are skipped with a warning."""
     for step, path in reversed(list_checkpoints(directory)):
         try:
             return step, load_checkpoint(path)
         except Exception as exc:  # truncated, corrupt, or from an incompatible version
-            log(f"warning: skipping checkpoint {path} that does not load ({exc!s:.120})")
+            logger.warning("skipping checkpoint %s that does not load (%s)", path, f"{exc!s:.300}")
     return None
+
+
+def capture(
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    trainer: TrainerState,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Everything a resumed run needs to replay step+1... bit for bit."""
+    return {
+        "format": FORMAT,
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(device),
+        "trainer": {
+            "val_loss": trainer.val_loss,
+            "wall_time_s": trainer.wall_time_s,
+            "noise": trainer.noise,
+        },
+        "config": config,
+    }
+
+
+def restore(
+    state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> TrainerState:
+    """Load a captured state into the model, the optimizer and the RNGs; return the trainer's
+    counters."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    t = state["trainer"]
+    return TrainerState(val_loss=t["val_loss"], wall_time_s=t["wall_time_s"], noise=t["noise"])

@@ -1,4 +1,5 @@
-"""Gradient noise scale B_simple = tr(Sigma) / |G|^2 from two batch sizes (science.md section 3).
+"""Gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018) from two batch
+sizes (docs/science.md).
 
 With gradient accumulation both batch sizes come for free: the first micro-batch's gradient is
 an estimate at b_small (its tokens) and the accumulated step gradient one at b_big (the step's

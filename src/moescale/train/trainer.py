@@ -1,54 +1,50 @@
-"""The training loop: one config in, one run directory out; killed runs resume exactly.
+"""Training one model: one config in, one run directory out; killed runs resume exactly.
 
-Run directory (`train.out_dir`), see design/README.md:
-
-    config.yaml      resolved config (written once; a different config is refused)
-    metrics.jsonl    one JSON object per logged step; eval records carry val_loss
-    summary.json     status running|done|failed, final val_loss, params, FLOPs, tokens, ...
-    checkpoints/     step_XXXXXXXX.pt, the newest `keep_checkpoints`
-    events.out.tfevents.*   TensorBoard
+Read it top to bottom: `train()` checks the run directory (already done? the same config?),
+builds a `Trainer` (data, device, model, optimizer, then the newest checkpoint if there is one),
+and runs it. `Trainer.run()` repeats `train_step` (moescale.train.step), and on its schedule logs
+a line, evaluates and checkpoints; the summary (moescale.run.RunSummary) is rewritten at start,
+on failure and at the end. The run directory's layout is described in moescale.run.
 
 Determinism: optimizer step s (1-based) trains on `BatchSampler.batch(s - 1, batch_size)`, split
 into consecutive micro-batches; the model is initialised from `train.seed`; checkpoints hold the
 model, the optimizer, the step and every RNG state. Resuming from step s therefore replays steps
 s+1... bit for bit on the same machine and thread count (CPU float32).
 
-The optimised loss is lm_loss + aux_loss_coef * aux_loss + z_loss_coef * z_loss (both summed over
-the MoE layers, so the coefficients are per layer); the logged
-`loss` is the language-model cross-entropy alone (mean over the step's micro-batches), the
-number the scaling laws use. MFU counts the exact forward+backward FLOPs per token of the active
-parameters (accounting.count) against the measured peak of the device (accounting.peak_flops,
-or $MOESCALE_PEAK_FLOPS to skip the measurement).
+MFU counts the exact forward+backward FLOPs per token of the active parameters
+(moescale.accounting.count) against the measured peak of the device
+(moescale.train.device.device_peak_flops, or $MOESCALE_PEAK_FLOPS to skip the measurement).
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import os
-import random
+import logging
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from moescale.accounting import count
 from moescale.atomic import atomic_write_text
-from moescale.config import Config, MoEConfig, config_from_dict, dump_config, read_yaml
+from moescale.config import Config, config_from_dict, dump_config, read_yaml
+from moescale.console import log_to_file
 from moescale.errors import ConfigError, UserError
-from moescale.model import ModelOutput, build_model, lm_loss
-from moescale.model.moe import load_imbalance
-from moescale.train.checkpoint import load_latest, save_checkpoint
-from moescale.train.logging import MetricsLog, TensorBoard, console_line, duration, human
+from moescale.fmt import duration, human
+from moescale.model import build_model
+from moescale.run import Metric, RunPaths, RunSummary, config_diff, read_summary_or_none
+from moescale.train import checkpoint
+from moescale.train.device import autocast_for, device_peak_flops, resolve_device, seed_everything
+from moescale.train.evaluate import evaluate
+from moescale.train.metrics import MetricsLog, TensorBoard, console_line
 from moescale.train.noise_scale import NoiseScaleEstimator
 from moescale.train.optim import build_optimizer, lr_at, set_lr
+from moescale.train.step import NonFiniteError, StepOptions, StepResult, train_step
 
-Log = Callable[[str], None]
-CKPT_FORMAT = 1
+logger = logging.getLogger(__name__)
 
 
 class TokenData(Protocol):
@@ -66,29 +62,31 @@ class ArrayData:
     val_tokens: np.ndarray
 
 
-@dataclass
-class RunPaths:
-    dir: Path
+def train(cfg: Config, data: TokenData | None = None, force: bool = False) -> RunSummary:
+    """Train `cfg` into `cfg.train.out_dir`, resuming if a checkpoint is there.
 
-    @property
-    def config(self) -> Path:
-        return self.dir / "config.yaml"
-
-    @property
-    def metrics(self) -> Path:
-        return self.dir / "metrics.jsonl"
-
-    @property
-    def summary(self) -> Path:
-        return self.dir / "summary.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.dir / "checkpoints"
-
-
-# --------------------------------------------------------------------------------------------
-# Set-up helpers
+    A finished run is not retrained unless `force`; a different config in an existing run
+    directory is a ConfigError; a non-finite loss returns a summary with status 'failed' and
+    keeps the last good checkpoint. Log lines go to the "moescale" logger and to train.log."""
+    plan_steps(cfg)  # a config that cannot train fails before anything is touched
+    paths = RunPaths(Path(cfg.train.out_dir or "runs/run"))
+    if force:
+        clear_run(paths)
+    previous = check_run_dir(paths, cfg)
+    if previous is not None and previous.status == "done":
+        logger.info(
+            "train: %s is already trained (val_loss %s); results in %s and %s. Use --force to "
+            "train again.", paths.dir, previous.val_loss, paths.summary, paths.metrics,
+        )  # fmt: skip
+        return previous
+    if previous is not None and previous.status == "failed":
+        logger.info(
+            "train: the previous attempt failed at step %s (%s); resuming from its last "
+            "checkpoint", previous.failed_step, previous.reason,
+        )  # fmt: skip
+    paths.dir.mkdir(parents=True, exist_ok=True)
+    with log_to_file(paths.log):
+        return Trainer(cfg, paths, data).run()
 
 
 def plan_steps(cfg: Config) -> tuple[int, int, int]:
@@ -111,471 +109,251 @@ def plan_steps(cfg: Config) -> tuple[int, int, int]:
     return steps, micro, n_micro
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' was asked for but no CUDA device is available.")
-    return torch.device(name)
-
-
-_PEAK_CACHE: dict[str, float] = {}
-
-
-def device_peak_flops(device: torch.device) -> float:
-    """Measured peak FLOP/s, once per process; $MOESCALE_PEAK_FLOPS overrides the measurement.
-
-    The measurement draws random matrices, so it runs under a forked RNG: it must not shift the
-    model's initialisation."""
-    env = os.environ.get("MOESCALE_PEAK_FLOPS")
-    if env:
-        return float(env)
-    key = str(device)
-    if key not in _PEAK_CACHE:
-        from moescale.accounting import peak_flops
-
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            _PEAK_CACHE[key] = peak_flops(key)
-    return _PEAK_CACHE[key]
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict):
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
-
-
-def config_diff(saved: Config, current: Config) -> list[str]:
-    """Dotted keys whose values differ (train.out_dir excluded: the directory is the run)."""
-    a, b = flatten(saved.to_dict()), flatten(current.to_dict())
-    keys = sorted(set(a) | set(b))
-    return [
-        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
-        for k in keys
-        if k != "train.out_dir" and a.get(k) != b.get(k)
-    ]
-
-
 def clear_run(paths: RunPaths) -> None:
     """--force: remove what a previous run wrote (only files the trainer owns)."""
-    for name in ("config.yaml", "metrics.jsonl", "summary.json"):
-        (paths.dir / name).unlink(missing_ok=True)
-    for p in paths.dir.glob("events.out.tfevents.*"):
+    for p in (paths.config, paths.metrics, paths.summary, paths.log, *paths.event_files()):
         p.unlink(missing_ok=True)
     shutil.rmtree(paths.checkpoints, ignore_errors=True)
 
 
-def read_summary(paths: RunPaths) -> dict[str, Any] | None:
-    import json
-
-    try:
-        return json.loads(paths.summary.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_summary(paths: RunPaths, summary: dict[str, Any]) -> None:
-    import json
-
-    atomic_write_text(paths.summary, json.dumps(summary, indent=2) + "\n")
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def grad_sq_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    """Sum of squared gradient entries, in float32 (a tensor: no device sync)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    norms = torch._foreach_norm(grads)
-    return torch.stack([n.float() for n in norms]).square().sum()
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
-    device: torch.device,
-    autocast: Callable[[], contextlib.AbstractContextManager],
-) -> float:
-    """Mean next-token loss over the fixed validation windows (token-weighted)."""
-    was_training = model.training
-    model.eval()
-    total, n = torch.zeros((), dtype=torch.float64, device=device), 0
-    for x, y in batches:
-        x, y = x.to(device), y.to(device)
-        with autocast():
-            out = model(x)
-        total += lm_loss(out.logits, y).double() * y.numel()
-        n += y.numel()
-    model.train(was_training)
-    return float(total / n)
-
-
-# --------------------------------------------------------------------------------------------
-# One step's gradients
-
-
-@dataclass
-class StepStats:
-    """Sums over the micro-batches of one step (tensors: read them only when logging)."""
-
-    lm_sum: torch.Tensor
-    aux_sum: torch.Tensor
-    z_sum: torch.Tensor
-    dropped_sum: torch.Tensor
-    loads: list[torch.Tensor] = field(default_factory=list)  # per MoE layer: slots per expert
-    small_sq: torch.Tensor | None = None  # |g|^2 of the first micro-batch's gradient
-
-
-def forward_backward(
-    model: Callable[[torch.Tensor], ModelOutput],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    n_micro: int,
-    moe: MoEConfig | None,
-    autocast: Callable[[], contextlib.AbstractContextManager],
-    params: list[torch.Tensor] | None = None,
-) -> StepStats:
-    """Accumulate the gradient of one optimizer step over `n_micro` consecutive slices of x.
-
-    The loss is the micro-batch mean of lm + aux_coef * aux + z_coef * z, so the accumulated
-    gradient equals that of the whole batch. With `params`, also return the squared norm of the
-    first micro-batch's gradient (the small-batch estimate of the noise scale)."""
-    micro = x.shape[0] // n_micro
-    zero = torch.zeros((), device=x.device)
-    st = StepStats(zero.clone(), zero.clone(), zero.clone(), zero.clone())
-    for i in range(n_micro):
-        xs, ys = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]
-        with autocast():
-            out = model(xs)
-        lm = lm_loss(out.logits, ys)
-        loss = lm
-        if moe is not None:
-            loss = loss + moe.aux_loss_coef * out.aux_loss + moe.z_loss_coef * out.z_loss
-        (loss / n_micro).backward()
-        if params is not None and i == 0:
-            st.small_sq = grad_sq_norm(params) * n_micro**2
-        st.lm_sum += lm.detach()
-        if out.moe:
-            st.aux_sum += out.aux_loss.detach()
-            st.z_sum += out.z_loss.detach()
-            counts = [s.tokens_per_expert for s in out.moe]
-            st.loads = (
-                counts if not st.loads else [a + b for a, b in zip(st.loads, counts, strict=True)]
-            )
-            st.dropped_sum += torch.stack([s.dropped_frac for s in out.moe]).mean()
-    return st
-
-
-# --------------------------------------------------------------------------------------------
-# The run
-
-
-def train(
-    cfg: Config,
-    data: TokenData | None = None,
-    log: Log = print,
-    force: bool = False,
-) -> dict[str, Any]:
-    """Train `cfg` into `cfg.train.out_dir`, resuming if a checkpoint is there.
-
-    Returns the summary (also in summary.json). A finished run is not retrained unless `force`;
-    a different config in an unfinished run is a ConfigError. A non-finite loss returns a
-    summary with status 'failed' and keeps the last good checkpoint.
-    """
-    t = cfg.train
-    steps, micro, n_micro = plan_steps(cfg)
-    paths = RunPaths(Path(t.out_dir or "runs/run"))
-    moe = cfg.model.moe
-
-    # ---- an existing run directory: done, different, or to resume
-    if force:
-        clear_run(paths)
-    previous = read_summary(paths)
-    if paths.config.exists():
-        try:
-            saved = config_from_dict(read_yaml(paths.config))
-        except UserError as exc:
-            raise ConfigError(
-                f"{paths.config} does not load ({exc}); use --force to start the run over."
-            ) from None
-        diff = config_diff(saved, cfg)
-        if diff:
-            raise ConfigError(
-                f"{paths.dir} holds a {(previous or {}).get('status', 'started')} run with a "
-                "different config:\n  "
-                + "\n  ".join(diff)
-                + f"\nUse the run's own config ({paths.config}), another train.out_dir, or "
-                "--force to start over."
-            )
-    if previous and previous.get("status") == "done":
-        log(
-            f"train: {paths.dir} is already trained (val_loss {previous.get('val_loss')}); "
-            f"results in {paths.summary} and {paths.metrics}. Use --force to train again."
-        )
-        return previous
-    if previous and previous.get("status") == "failed":
-        log(
-            f"train: the previous attempt failed at step {previous.get('step')} "
-            f"({previous.get('reason')}); resuming from its last checkpoint"
-        )
-
-    # ---- data, device, accounting
-    if data is None:
-        from moescale.data import prepare_data
-
-        data = prepare_data(cfg.data, cfg.model.vocab_size, log=log)
-    from moescale.accounting import count
-    from moescale.data import BatchSampler, val_batches
-
-    sampler = BatchSampler(data.train_tokens, cfg.model.seq_len, seed=t.seed)
-    val = val_batches(data.val_tokens, cfg.model.seq_len, t.eval_tokens, micro)
-    device = resolve_device(t.device)
-    acct = count(cfg.model)
-    peak = device_peak_flops(device)
-    tokens_per_step = t.batch_size * cfg.model.seq_len
-
-    def autocast() -> contextlib.AbstractContextManager:
-        if device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    # ---- model and optimizer, fresh or from the newest checkpoint that loads
-    seed_everything(t.seed)
-    model = build_model(cfg.model).to(device)
-    optimizer = build_optimizer(model, t, device.type)
-    params = [p for p in model.parameters() if p.requires_grad]
-    noise = (
-        NoiseScaleEstimator(micro * cfg.model.seq_len, tokens_per_step) if t.noise_scale else None
-    )
-    metrics = MetricsLog(paths.metrics)
-    start_step, val_loss, wall_before = 0, None, 0.0
-    resumed = load_latest(paths.checkpoints, log)
-    if resumed is not None:
-        start_step, state = resumed
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        extra = state["trainer"]
-        val_loss, wall_before = extra["val_loss"], extra["wall_time_s"]
-        if noise is not None and extra.get("noise") is not None:
-            noise.load_state_dict(extra["noise"])
-        metrics.truncate(start_step)
-        log(f"train: resuming {paths.dir} from step {start_step}/{steps}")
-    else:
-        paths.metrics.unlink(missing_ok=True)  # records of an attempt killed before step 1
-    fmodel = torch.compile(model) if t.compile else model
-
-    paths.dir.mkdir(parents=True, exist_ok=True)
+def check_run_dir(paths: RunPaths, cfg: Config) -> RunSummary | None:
+    """The summary of the run already in `paths` (None if none); a ConfigError when the
+    directory holds a run of a different config."""
+    previous = read_summary_or_none(paths.dir)
     if not paths.config.exists():
-        atomic_write_text(paths.config, dump_config(cfg))
-    tb = TensorBoard(paths.dir, purge_step=start_step + 1 if resumed else None)
-
-    arch = "dense" if moe is None else "moe"
-    base_summary: dict[str, Any] = {
-        "run": paths.dir.name,
-        "arch": arch,
-        "experts": moe.experts if moe else 1,
-        "granularity": moe.granularity if moe else 1,
-        "top_k": moe.top_k if moe else 1,
-        "params_total": acct.params_total,
-        "params_active": acct.params_active,
-        "params_embedding": acct.params_embedding,
-        "params_router": acct.params_router,  # in params_total; P0's N_total excludes it
-        "flops_per_token": acct.flops_per_token,
-        "d_model": cfg.model.d_model,
-        "n_layers": cfg.model.n_layers,
-        "seq_len": cfg.model.seq_len,
-        "batch_size": t.batch_size,
-        "batch_tokens": tokens_per_step,
-        "lr": t.lr,
-        "schedule": t.schedule,
-        "steps_planned": steps,
-        "out_dir": str(paths.dir),
-    }
-    t_start = time.perf_counter()
-
-    def summary(status: str, done_steps: int, **extra: Any) -> dict[str, Any]:
-        s = dict(base_summary)
-        s.update(
-            status=status,
-            val_loss=val_loss,
-            tokens=done_steps * tokens_per_step,
-            steps=done_steps,
-            flops=acct.flops_per_token * done_steps * tokens_per_step,
-            flops_simple=acct.flops_per_token_simple * done_steps * tokens_per_step,
-            wall_time_s=round(wall_before + time.perf_counter() - t_start, 3),
-            noise_scale=noise.value() if noise is not None else None,
-            noise_scale_unit="tokens",
+        return previous
+    try:
+        saved = config_from_dict(read_yaml(paths.config))
+    except UserError as exc:
+        raise ConfigError(
+            f"{paths.config} does not load ({exc}); use --force to start the run over."
+        ) from None
+    diff = config_diff(saved.to_dict(), cfg.to_dict())
+    if diff:
+        status = previous.status if previous else "started"
+        raise ConfigError(
+            f"{paths.dir} holds a {status} run with a different config:\n  "
+            + "\n  ".join(diff)
+            + f"\nUse the run's own config ({paths.config}), another train.out_dir, or "
+            "--force to start over."
         )
-        s.update(extra)
-        write_summary(paths, s)
+    return previous
+
+
+class Clock:
+    """Tokens/s over the steps since the last log line (training time only: evaluation and
+    checkpointing are paused out) and the ETA from the mean step time of this process."""
+
+    def __init__(self, start_step: int) -> None:
+        self.start_step = start_step
+        self.t_log = self.t_loop = time.perf_counter()
+        self.steps_since_log = 0
+
+    def rate(self, tokens_per_step: int) -> tuple[float, float]:
+        """(tokens/s since the last call, now), and start a new log interval."""
+        now = time.perf_counter()
+        tok_s = self.steps_since_log * tokens_per_step / max(now - self.t_log, 1e-9)
+        self.t_log, self.steps_since_log = now, 0
+        return tok_s, now
+
+    def eta(self, step: int, steps: int, now: float) -> float:
+        return (steps - step) * (now - self.t_loop) / (step - self.start_step)
+
+    def exclude(self, seconds: float) -> None:
+        self.t_log += seconds
+
+
+class Trainer:
+    """One run's state: data, model, optimizer, logs; `run()` trains it to the end."""
+
+    def __init__(self, cfg: Config, paths: RunPaths, data: TokenData | None) -> None:
+        from moescale.data import BatchSampler, prepare_data, val_batches
+
+        t, seq = cfg.train, cfg.model.seq_len
+        self.cfg, self.paths = cfg, paths
+        self.steps, micro, n_micro = plan_steps(cfg)
+        data = data if data is not None else prepare_data(cfg.data, cfg.model.vocab_size)
+        self.sampler = BatchSampler(data.train_tokens, seq, seed=t.seed)
+        self.val = val_batches(data.val_tokens, seq, t.eval_tokens, micro)
+        self.device = resolve_device(t.device)
+        self.acct = count(cfg.model)
+        self.peak = device_peak_flops(self.device)
+        self.tokens_per_step = t.batch_size * seq
+        self.micro_tokens = micro * seq
+        self.opts = StepOptions(n_micro, t.grad_clip, cfg.model.moe, autocast_for(self.device))
+
+        seed_everything(t.seed)
+        self.model = build_model(cfg.model).to(self.device)
+        self.optimizer = build_optimizer(self.model, t, self.device.type)
+        self.noise = (
+            NoiseScaleEstimator(self.micro_tokens, self.tokens_per_step) if t.noise_scale else None
+        )
+        self.metrics = MetricsLog(paths.metrics)
+        self.state = checkpoint.TrainerState()
+        self.start_step = self.resume()
+        self.forward = torch.compile(self.model) if t.compile else self.model
+        if not paths.config.exists():
+            atomic_write_text(paths.config, dump_config(cfg))
+        purge = self.start_step + 1 if self.start_step else None  # drop events after the resume
+        self.tb = TensorBoard(paths.dir, purge_step=purge)
+        self.t_start = time.perf_counter()
+
+    def resume(self) -> int:
+        """Restore the newest checkpoint that loads; the step to continue from (0: fresh)."""
+        found = checkpoint.load_latest(self.paths.checkpoints)
+        if found is None:
+            self.paths.metrics.unlink(missing_ok=True)  # records of an attempt killed early
+            return 0
+        step, state = found
+        self.state = checkpoint.restore(state, self.model, self.optimizer)
+        if self.noise is not None and self.state.noise is not None:
+            self.noise.load_state_dict(self.state.noise)
+        self.metrics.truncate(step)
+        logger.info("train: resuming %s from step %d/%d", self.paths.dir, step, self.steps)
+        return step
+
+    # ---- what the run writes
+
+    def summary(self, status: str, done_steps: int, **extra: Any) -> RunSummary:
+        """Write and return the summary of the first `done_steps` steps."""
+        cfg, acct, moe = self.cfg, self.acct, self.cfg.model.moe
+        tokens = done_steps * self.tokens_per_step
+        s = RunSummary(
+            run=self.paths.dir.name, status=status, arch="dense" if moe is None else "moe",
+            experts=moe.experts if moe else 1, granularity=moe.granularity if moe else 1,
+            top_k=moe.top_k if moe else 1, d_model=cfg.model.d_model,
+            n_layers=cfg.model.n_layers, seq_len=cfg.model.seq_len,
+            params_total=acct.params_total, params_active=acct.params_active,
+            params_embedding=acct.params_embedding, params_router=acct.params_router,
+            flops_per_token=acct.flops_per_token,
+            flops_per_token_simple=acct.flops_per_token_simple,
+            flops_per_token_routing_aware=acct.flops_per_token_routing_aware,
+            batch_size=cfg.train.batch_size, batch_tokens=self.tokens_per_step,
+            lr=cfg.train.lr, schedule=cfg.train.schedule, steps_planned=self.steps,
+            steps=done_steps, tokens=tokens, flops=acct.flops_per_token * tokens,
+            flops_simple=acct.flops_per_token_simple * tokens,
+            flops_routing_aware=acct.flops_per_token_routing_aware * tokens,
+            val_loss=self.state.val_loss, wall_time_s=round(self.wall_time(), 3),
+            noise_scale=self.noise.value() if self.noise is not None else None,
+            out_dir=str(self.paths.dir), **extra,
+        )  # fmt: skip
+        s.write(self.paths)
         return s
 
-    summary("running", start_step)
-    log(
-        f"train: {arch} model, {human(acct.params_total)} params "
-        f"({human(acct.params_active)} active, {human(acct.params_embedding)} embedding), "
-        f"{human(acct.flops_per_token)} FLOP/token; {steps} steps x {t.batch_size} x "
-        f"{cfg.model.seq_len} = {human(steps * tokens_per_step)} tokens"
-        + (f" ({n_micro} micro-batches of {micro})" if n_micro > 1 else "")
-        + f"; {device.type}, peak {human(peak)}FLOP/s -> {paths.dir}"
-    )
+    def wall_time(self) -> float:
+        return self.state.wall_time_s + time.perf_counter() - self.t_start
 
-    epochs = sampler.epoch_of(steps * t.batch_size)
-    if epochs > 1:
-        log(
-            f"train: warning: {steps * t.batch_size:,} sequences are {epochs:.1f} epochs of the "
-            f"{sampler.windows:,} training windows; repeated data bends scaling laws"
-        )
-
-    def do_eval(step: int) -> None:
-        nonlocal val_loss
-        val_loss = evaluate(fmodel, val, device, autocast)
-        rec = {"step": step, "tokens": step * tokens_per_step, "val_loss": val_loss}
-        metrics.write(rec)
-        tb.scalars(step, rec, "eval")
-        log(f"eval  step {step}/{steps} | val_loss {val_loss:.4f}")
-
-    def checkpoint(step: int) -> None:
-        state = {
-            "format": CKPT_FORMAT,
-            "step": step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": rng_state(device),
-            "trainer": {
-                "val_loss": val_loss,
-                "wall_time_s": wall_before + time.perf_counter() - t_start,
-                "noise": noise.state_dict() if noise is not None else None,
-            },
-            "config": cfg.to_dict(),
+    def evaluate(self, step: int) -> None:
+        self.state.val_loss = evaluate(self.forward, self.val, self.device, self.opts.autocast)
+        rec = {
+            Metric.STEP: step,
+            Metric.TOKENS: step * self.tokens_per_step,
+            Metric.VAL_LOSS: self.state.val_loss,
         }
-        save_checkpoint(paths.checkpoints, step, state, t.keep_checkpoints)
+        self.metrics.write(rec)
+        self.tb.scalars(step, rec, "eval")
+        logger.info("eval  step %d/%d | val_loss %.4f", step, self.steps, self.state.val_loss)
 
-    last_ckpt = start_step
-    try:
-        if start_step == 0:
-            do_eval(0)
-        model.train()
-        t_log, steps_since_log = time.perf_counter(), 0
-        t_loop = t_log  # ETA from the mean step time since this process started training
-        for step in range(start_step + 1, steps + 1):
-            lr = lr_at(step - 1, steps, t)
-            set_lr(optimizer, lr)
-            x, y = sampler.batch(step - 1, t.batch_size)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            st = forward_backward(
-                fmodel, x, y, n_micro, moe, autocast, params if noise is not None else None
-            )
-            step_loss = float(st.lm_sum) / n_micro
-            if not math.isfinite(step_loss):
-                raise NonFinite(step, f"non-finite loss ({step_loss}) at step {step}")
-            max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
-            if not math.isfinite(grad_norm):
-                raise NonFinite(step, f"non-finite gradient norm ({grad_norm}) at step {step}")
-            if noise is not None and st.small_sq is not None:
-                noise.update(float(st.small_sq), grad_norm**2)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if st.loads:
-                model.update_router_biases(st.loads)
-            steps_since_log += 1
-
-            if step % t.log_every == 0 or step == steps:
-                now = time.perf_counter()
-                tok_s = steps_since_log * tokens_per_step / max(now - t_log, 1e-9)
-                rec: dict[str, Any] = {
-                    "step": step,
-                    "tokens": step * tokens_per_step,
-                    "loss": step_loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens_per_s": tok_s,
-                    "mfu": acct.flops_per_token * tok_s / peak,
-                    "aux_loss": float(st.aux_sum) / n_micro if moe else None,
-                    "z_loss": float(st.z_sum) / n_micro if moe else None,
-                    "load_imbalance": _imbalance(st.loads) if st.loads else None,
-                    "dropped_frac": float(st.dropped_sum) / n_micro if moe else None,
-                }
-                if noise is not None:
-                    rec["noise_scale"] = noise.value()
-                metrics.write(rec)
-                tb.scalars(step, rec, "train")
-                eta = (steps - step) * (now - t_loop) / (step - start_step)
-                log(console_line(rec, steps, eta))
-                t_log, steps_since_log = now, 0
-            t_pause = time.perf_counter()
-            if step % t.eval_every == 0 or step == steps:
-                do_eval(step)
-            if step % t.checkpoint_every == 0 or step == steps:
-                checkpoint(step)
-                last_ckpt = step
-            t_log += time.perf_counter() - t_pause  # tokens/s counts training time only
-    except NonFinite as exc:
-        metrics.close()
-        tb.close()
-        log(f"train: FAILED: {exc.reason}; the last good checkpoint is step {last_ckpt}")
-        return summary(
-            "failed", last_ckpt, step=exc.step, reason=exc.reason, last_checkpoint=last_ckpt
+    def save_checkpoint(self, step: int) -> None:
+        noise = self.noise.state_dict() if self.noise is not None else None
+        trainer = checkpoint.TrainerState(self.state.val_loss, self.wall_time(), noise)
+        state = checkpoint.capture(
+            step, self.model, self.optimizer, self.device, trainer, self.cfg.to_dict()
         )
-    except Exception as exc:
-        metrics.close()
-        tb.close()
-        summary("failed", last_ckpt, reason=f"{type(exc).__name__}: {exc}")
-        raise
-    metrics.close()
-    tb.close()
-    result = summary("done", steps)
-    log(
-        f"train: done: val_loss {val_loss:.4f} after {human(steps * tokens_per_step)} tokens, "
-        f"{human(result['flops'])}FLOP in {duration(result['wall_time_s'])} -> {paths.summary}"
-    )
-    return result
+        checkpoint.save_checkpoint(
+            self.paths.checkpoints, step, state, self.cfg.train.keep_checkpoints
+        )
 
+    def log_step(self, step: int, lr: float, res: StepResult, clock: Clock) -> None:
+        tok_s, now = clock.rate(self.tokens_per_step)
+        rec: dict[str, Any] = {
+            Metric.STEP: step,
+            Metric.TOKENS: step * self.tokens_per_step,
+            Metric.LOSS: res.loss,
+            Metric.LR: lr,
+            Metric.GRAD_NORM: res.grad_norm,
+            Metric.TOKENS_PER_S: tok_s,
+            Metric.MFU: self.acct.flops_per_token * tok_s / self.peak,
+            **res.moe_metrics(),
+        }
+        if self.noise is not None:
+            rec[Metric.NOISE_SCALE] = self.noise.value()
+        self.metrics.write(rec)
+        self.tb.scalars(step, rec, "train")
+        logger.info(console_line(rec, self.steps, clock.eta(step, self.steps, now)))
 
-def _imbalance(loads: list[torch.Tensor]) -> float:
-    """Mean over MoE layers of max/mean tokens per expert (summed over the micro-batches)."""
-    per_layer = [load_imbalance(c) for c in loads]
-    return sum(per_layer) / len(per_layer)
+    # ---- the loop
 
+    def run(self) -> RunSummary:
+        self.summary("running", self.start_step)
+        self.announce()
+        last_ckpt = self.start_step
+        step = self.start_step
+        try:
+            if self.start_step == 0:
+                self.evaluate(0)
+            self.model.train()
+            clock = Clock(self.start_step)
+            for step in range(self.start_step + 1, self.steps + 1):
+                self.train_one(step, clock)
+                t_pause = time.perf_counter()
+                if step % self.cfg.train.eval_every == 0 or step == self.steps:
+                    self.evaluate(step)
+                if step % self.cfg.train.checkpoint_every == 0 or step == self.steps:
+                    self.save_checkpoint(step)
+                    last_ckpt = step
+                clock.exclude(time.perf_counter() - t_pause)  # tokens/s: training time only
+        except NonFiniteError as exc:
+            reason = f"{exc.reason} at step {step}"
+            logger.error("train: FAILED: %s; the last good checkpoint is step %d", reason,
+                         last_ckpt)  # fmt: skip
+            return self.summary(
+                "failed", last_ckpt, failed_step=step, reason=reason, last_checkpoint=last_ckpt
+            )
+        except Exception as exc:
+            self.summary("failed", last_ckpt, reason=f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self.metrics.close()
+            self.tb.close()
+        return self.finish()
 
-class NonFinite(Exception):
-    def __init__(self, step: int, reason: str) -> None:
-        super().__init__(reason)
-        self.step, self.reason = step, reason
+    def train_one(self, step: int, clock: Clock) -> None:
+        lr = lr_at(step - 1, self.steps, self.cfg.train)
+        set_lr(self.optimizer, lr)
+        x, y = self.sampler.batch(step - 1, self.cfg.train.batch_size)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        res = train_step(
+            self.model, self.optimizer, x, y, self.opts, forward=self.forward, noise=self.noise
+        )
+        clock.steps_since_log += 1
+        if step % self.cfg.train.log_every == 0 or step == self.steps:
+            self.log_step(step, lr, res, clock)
+
+    def announce(self) -> None:
+        cfg, acct, t = self.cfg, self.acct, self.cfg.train
+        n_micro, micro = self.opts.n_micro, t.micro_batch_size or t.batch_size
+        arch = "dense" if cfg.model.moe is None else "moe"
+        logger.info(
+            f"train: {arch} model, {human(acct.params_total)} params "
+            f"({human(acct.params_active)} active, {human(acct.params_embedding)} embedding), "
+            f"{human(acct.flops_per_token)} FLOP/token; {self.steps} steps x {t.batch_size} x "
+            f"{cfg.model.seq_len} = {human(self.steps * self.tokens_per_step)} tokens"
+            + (f" ({n_micro} micro-batches of {micro})" if n_micro > 1 else "")
+            + f"; {self.device.type}, peak {human(self.peak)}FLOP/s -> {self.paths.dir}"
+        )
+        epochs = self.sampler.epoch_of(self.steps * t.batch_size)
+        if epochs > 1:
+            logger.warning(
+                f"train: {self.steps * t.batch_size:,} sequences are {epochs:.1f} epochs of the "
+                f"{self.sampler.windows:,} training windows; repeated data bends scaling laws"
+            )
+
+    def finish(self) -> RunSummary:
+        result = self.summary("done", self.steps)
+        logger.info(
+            f"train: done: val_loss {result.val_loss:.4f} after "
+            f"{human(self.steps * self.tokens_per_step)} tokens, {human(result.flops)}FLOP in "
+            f"{duration(result.wall_time_s)} -> {self.paths.summary}"
+        )
+        return result

@@ -1,5 +1,7 @@
 """Where a run's numbers go: metrics.jsonl, TensorBoard and a console line a human can read.
 
+(Reading a run's records back is `moescale.run.read_metrics`, which needs no torch.)
+
 `metrics.jsonl` is append-only, one JSON object per line, flushed after each record, so a crash
 loses at most the line being written. On resume it is cut back to the checkpoint's step
 (rewritten atomically, keeping records with step <= that step, dropping a torn last line), so
@@ -9,11 +11,15 @@ the file never holds two records of the same kind for one step.
 from __future__ import annotations
 
 import json
-import math
+import logging
 from pathlib import Path
 from typing import Any
 
 from moescale.atomic import atomic_write_text
+from moescale.fmt import duration, human
+from moescale.run import Metric, read_metrics
+
+logger = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -27,7 +33,8 @@ class MetricsLog:
         """Keep only complete records with step <= `step` (atomic rewrite)."""
         if not self.path.exists():
             return
-        kept = [json.dumps(rec) for rec in read_metrics(self.path) if rec.get("step", 0) <= step]
+        records = read_metrics(self.path)
+        kept = [json.dumps(rec) for rec in records if rec.get(Metric.STEP, 0) <= step]
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -42,21 +49,6 @@ class MetricsLog:
             self._f = None
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All complete records; a torn last line (process killed mid-write) is skipped."""
-    out = []
-    if not path.exists():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
 class TensorBoard:
     """SummaryWriter in the run directory, created lazily; `purge_step` drops stale events."""
 
@@ -67,13 +59,13 @@ class TensorBoard:
 
             self._writer = SummaryWriter(str(log_dir), purge_step=purge_step)
         except Exception as exc:  # tensorboard missing or broken: the jsonl file is enough
-            print(f"warning: no TensorBoard events ({exc!s:.100})")
+            logger.warning("no TensorBoard events (%s)", f"{exc!s:.100}")
 
     def scalars(self, step: int, values: dict[str, Any], prefix: str) -> None:
         if self._writer is None:
             return
         for key, v in values.items():
-            if key in ("step", "tokens") or not isinstance(v, (int, float)):
+            if key in (Metric.STEP, Metric.TOKENS) or not isinstance(v, (int, float)):
                 continue
             self._writer.add_scalar(f"{prefix}/{key}", v, step)
 
@@ -83,40 +75,22 @@ class TensorBoard:
             self._writer.close()
 
 
-def human(n: float) -> str:
-    """1234567 -> '1.23M'."""
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.3g}"
-
-
-def duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
-
-
 def console_line(rec: dict[str, Any], total_steps: int, eta_s: float) -> str:
     """step 120/1000 | 1.97M tok | loss 3.412 | lr 2.9e-03 | gnorm 0.81 | 45.2k tok/s | ..."""
+    m = Metric
     width = len(str(total_steps))
     parts = [
-        f"step {rec['step']:>{width}}/{total_steps}",
-        f"{human(rec['tokens'])} tok",
-        f"loss {rec['loss']:.4f}",
-        f"lr {rec['lr']:.2e}",
-        f"gnorm {rec['grad_norm']:.3f}",
-        f"{human(rec['tokens_per_s'])} tok/s",
-        f"MFU {100 * rec['mfu']:.1f}%",
+        f"step {rec[m.STEP]:>{width}}/{total_steps}",
+        f"{human(rec[m.TOKENS])} tok",
+        f"loss {rec[m.LOSS]:.4f}",
+        f"lr {rec[m.LR]:.2e}",
+        f"gnorm {rec[m.GRAD_NORM]:.3f}",
+        f"{human(rec[m.TOKENS_PER_S])} tok/s",
+        f"MFU {100 * rec[m.MFU]:.1f}%",
     ]
-    if rec.get("load_imbalance") is not None:
-        parts.append(f"imb {rec['load_imbalance']:.2f}")
-    if rec.get("noise_scale") is not None:
-        parts.append(f"B_noise {human(rec['noise_scale'])} tok")
+    if rec.get(m.LOAD_IMBALANCE) is not None:
+        parts.append(f"imb {rec[m.LOAD_IMBALANCE]:.2f}")
+    if rec.get(m.NOISE_SCALE) is not None:
+        parts.append(f"B_noise {human(rec[m.NOISE_SCALE])} tok")
     parts.append(f"ETA {duration(eta_s)}")
     return " | ".join(parts)

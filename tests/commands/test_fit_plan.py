@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +85,7 @@ def test_fit_and_plan_end_to_end(results_csv: Path, tmp_path: Path, capsys) -> N
 
     plan = tmp_path / "plan.json"
     rc = run_cli(
-        ["plan", "--budget", "1e21", "--law", str(out), "--compare", str(out), "--json", str(plan)]
+        ["plan", "--budget", "1e21", "--fit", str(out), "--compare", str(out), "--json", str(plan)]
     )
     assert rc == 0
     p = json.loads(plan.read_text())
@@ -190,9 +192,50 @@ def test_unknown_law_and_missing_granularity(results_csv: Path, capsys) -> None:
 
 def test_plan_errors(tmp_path: Path, capsys) -> None:
     assert "does not exist" in error_of(
-        ["plan", "--budget", "1e21", "--law", str(tmp_path / "x.json")], capsys
+        ["plan", "--budget", "1e21", "--fit", str(tmp_path / "x.json")], capsys
     )
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    assert "lacks key" in error_of(["plan", "--budget", "1e21", "--law", str(bad)], capsys)
-    assert "--budget" in error_of(["plan", "--budget", "-1", "--law", str(bad)], capsys)
+    err = error_of(["plan", "--budget", "1e21", "--fit", str(bad)], capsys)
+    assert "lacks key 'law'" in err and str(bad) in err
+    assert "--budget" in error_of(["plan", "--budget", "-1", "--fit", str(bad)], capsys)
+
+
+def test_fit_json_to_stdout_is_json_alone(results_csv: Path) -> None:
+    """`--json` without OUT: stdout holds the fit's JSON and nothing else (no table)."""
+    argv = ["fit", str(results_csv), "--bootstrap", "0", "--json"]
+    r = subprocess.run(
+        [sys.executable, "-m", "moescale.cli", *argv], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert CONTRACT_KEYS <= set(data) and data["table"] == str(results_csv)
+
+
+def test_plan_takes_fit_not_law(results_csv: Path, tmp_path: Path, capsys) -> None:
+    fit = tmp_path / "fit.json"
+    assert run_cli(["fit", str(results_csv), "--bootstrap", "20", "--json", str(fit)]) == 0
+    capsys.readouterr()
+    assert run_cli(["plan", "--budget", "1e20", "--fit", str(fit), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["law"] == "chinchilla" and plan["method"] == "closed_form"
+    assert 6 * plan["n_opt"] * plan["d_opt"] == pytest.approx(1e20)
+    with pytest.raises(SystemExit) as exc:
+        run_cli(["plan", "--budget", "1e20", "--fit", str(fit), "--law", str(fit)])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --law" in capsys.readouterr().err
+
+
+def test_plan_krajewski_searches_granularity(tmp_path: Path, capsys) -> None:
+    """A hand-written fit (law and params only) is enough for a plan."""
+    from tests.laws.test_allocate import KRAJEWSKI_MOE, KRAJEWSKI_ROWS
+
+    size, tokens, g, flops, loss = KRAJEWSKI_ROWS[2]
+    fit = tmp_path / "paper.json"
+    fit.write_text(json.dumps({"law": "krajewski", "params": KRAJEWSKI_MOE}))
+    assert run_cli(["plan", "--budget", str(flops), "--fit", str(fit), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["granularity"] == g and plan["loss"] == pytest.approx(loss, abs=0.03)
+    assert plan["flops"] == "routing_aware_krajewski" and plan["experts"] == 64
+    err = error_of(["plan", "--budget", "1e21", "--fit", str(fit), "--compare", str(fit)], capsys)
+    assert "needs a value for G (--granularity)" in err

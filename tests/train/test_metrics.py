@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from moescale.train.logging import MetricsLog, console_line, duration, human, read_metrics
+import pytest
+
+from moescale.fmt import duration, human
+from moescale.run import RunDirError, read_metrics
+from moescale.train.metrics import MetricsLog, console_line
 
 
 def test_truncate_keeps_steps_up_to_checkpoint_and_drops_torn_line(tmp_path: Path):
@@ -35,3 +39,10 @@ def test_console_line_reads_at_a_glance():
         "MFU 12.3% | imb 1.31 | ETA 3m12s"
     )
     assert human(999) == "999" and duration(7300) == "2h01m"
+
+
+def test_damaged_middle_line_is_an_error_naming_the_line(tmp_path: Path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.0}\n')
+    with pytest.raises(RunDirError, match="line 2"):
+        read_metrics(path)

@@ -4,18 +4,19 @@
 
 A finished run (summary.json status done) is not retrained: the command prints where the
 results are. --force starts over, deleting the run directory's checkpoints and metrics.
+Exit status: 0 when the run is done, 1 when it failed (summary.json says why).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from moescale.commands import add_set_flag
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config (model, train, data)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set train.lr=0.001")  # fmt: skip
+    add_set_flag(parser)
     parser.add_argument(
         "--force", action="store_true", help="start over even if done or the config changed"
     )
@@ -25,6 +26,5 @@ def run(args: argparse.Namespace) -> int:
     from moescale.config import load_config
     from moescale.train import train
 
-    cfg = load_config(args.config, args.overrides)
-    summary = train(cfg, force=args.force)
-    return 0 if summary.get("status") == "done" else 1
+    summary = train(load_config(args.config, args.overrides), force=args.force)
+    return 0 if summary.status == "done" else 1

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
+from typing import Any
+
+from moescale.commands import add_set_flag
+from moescale.fmt import count, duration, human, sig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--force", action="store_true", help="rebuild even if a cache exists")
     t = sub.add_parser("tokenize", help="train the tokenizer and write token shards for a config")
     t.add_argument("config", help="YAML config (its data: and model.vocab_size are used)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set model.vocab_size=8192")  # fmt: skip
+    add_set_flag(t)
     t.add_argument("--cache-dir", default=None, help="cache root (overrides data.cache_dir)")
 
 
@@ -34,34 +36,56 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from moescale.data.corpus import build_bundled_corpus, summarize_manifest
+    from moescale.data import build_bundled_corpus
 
     t0 = time.time()
-    with warnings.catch_warnings():  # a missing source is already reported on the log
-        warnings.simplefilter("ignore", UserWarning)
-        directory, manifest = build_bundled_corpus(args.cache_dir, force=args.force, log=print)
+    directory, manifest = build_bundled_corpus(args.cache_dir, force=args.force)
     print(summarize_manifest(manifest))
-    print(f"corpus: {directory} ({time.time() - t0:.1f} s)")
+    print(f"corpus: {directory} ({duration(time.time() - t0)})")
     return 0
 
 
 def _tokenize(args: argparse.Namespace) -> int:
     from moescale.config import load_config
-    from moescale.data.dataset import prepare_data
+    from moescale.data import prepare_data
 
     cfg = load_config(args.config, args.overrides)
     if args.cache_dir:
         cfg.data.cache_dir = args.cache_dir
     t0 = time.time()
-    prepared = prepare_data(cfg.data, cfg.model.vocab_size, log=print)
+    prepared = prepare_data(cfg.data, cfg.model.vocab_size)
     m = prepared.manifest
     print(
-        f"tokens: {m['train']['tokens']:,} train ({m['train']['documents']} documents), "
-        f"{m['val']['tokens']:,} validation ({m['val']['documents']} documents); "
+        f"tokens: {count(m['train']['tokens'])} train ({m['train']['documents']} documents), "
+        f"{count(m['val']['tokens'])} validation ({m['val']['documents']} documents); "
         f"{m['dtype']}, vocab {m['vocab_size']} ({m['tokenizer_vocab']} learned), "
-        f"{m['bytes_per_token']} bytes/token"
+        f"{sig(m['bytes_per_token'], 4)} bytes/token"
     )
     print(f"shards: {prepared.dir}")
     print(f"tokenizer: {prepared.tokenizer_path}")
-    print(f"{'built' if prepared.built else 'reused'} in {time.time() - t0:.1f} s")
+    print(f"{'built' if prepared.built else 'reused'} in {duration(time.time() - t0)}")
     return 0
+
+
+def _size(n_bytes: float) -> str:
+    return human(n_bytes) + "B"
+
+
+def summarize_manifest(manifest: dict[str, Any]) -> str:
+    """Human summary of a bundled-corpus manifest: one row per source, then the totals."""
+    lines = [f"{'source':<12} {'package':<32} {'docs':>6} {'size':>7} {'train':>6} {'val':>5}"]
+    for name, s in sorted(manifest["sources"].items()):
+        lines.append(
+            f"{name:<12} {str(s.get('package', '')):<32} {s['documents']:>6} "
+            f"{_size(s['bytes']):>7} {s['train_documents']:>6} {s['val_documents']:>5}"
+        )
+    tr, va = manifest["train"], manifest["val"]
+    lines.append(
+        f"total: {manifest['documents']} documents, {_size(tr['bytes'] + va['bytes'])}; "
+        f"train {tr['documents']} documents ({_size(tr['bytes'])}), "
+        f"validation {va['documents']} documents ({_size(va['bytes'])})"
+    )
+    if manifest.get("missing_sources"):
+        lines.append("missing sources: " + ", ".join(manifest["missing_sources"]))
+    lines.append(f"sha256: {manifest['sha256']}")
+    return "\n".join(lines)

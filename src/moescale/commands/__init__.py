@@ -1,0 +1,72 @@
+"""One thin file per CLI command: parse flags, call the library, print or write its typed result.
+
+A command module has a docstring (its --help description), `add_arguments(parser)` and
+`run(args) -> int`; it holds no logic of its own and imports torch only inside `run`, so that
+`moescale fit` and `moescale plan` start without loading it. Shared flag conventions live here:
+`--json [OUT]` means the same everywhere (write the result as JSON to OUT, or to stdout when no
+file is given; then stdout holds the JSON alone, no table), and `--set KEY=VALUE` overrides a
+config key. Progress goes to the `logging` module (see `moescale.console`), results to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from moescale.atomic import atomic_write_text
+from moescale.errors import UserError
+
+STDOUT = "-"
+
+
+def add_json_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--json",
+        dest="json_out",
+        nargs="?",
+        const=STDOUT,
+        default=None,
+        metavar="OUT",
+        help=f"write {what} as JSON to OUT (to stdout when OUT is left out)",
+    )
+
+
+def add_set_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set model.moe.granularity=4 (repeatable)",
+    )
+
+
+def finite_or_none(o: Any) -> Any:
+    """Non-finite floats become null, so the JSON stays standard."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: finite_or_none(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [finite_or_none(v) for v in o]
+    return o
+
+
+def emit_json(obj: Any, out: str) -> None:
+    """Write `obj` as JSON to `out` atomically (a kill never leaves half a file), or print it
+    when `out` is '-'."""
+    text = json.dumps(finite_or_none(obj), indent=1) + "\n"
+    if out == STDOUT:
+        sys.stdout.write(text)
+        return
+    path = Path(out)
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise UserError(f"cannot write --json {path}: {exc}") from exc
+    print(f"wrote {path}")

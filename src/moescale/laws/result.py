@@ -1,0 +1,216 @@
+"""A fitted law as a value: `FitResult`, and its JSON (what `moescale fit --json` writes and
+`moescale plan --fit` reads back)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from moescale.errors import UserError
+from moescale.laws.forms import LawForm, form_from_spec
+
+FLOPS_CONVENTION = "C = 6 N D"
+T = TypeVar("T")
+
+
+@dataclass
+class FitResult:
+    """A fitted law: values, objective, errors, and bootstrap uncertainty.
+
+    `params` name -> value; `intervals` name -> (lo, hi) 95 % percentile bootstrap intervals
+    (empty without bootstrap); `bootstrap_params` one dict per successful draw, so downstream
+    quantities (N_opt, predicted loss) get intervals too; `in_sample` {mae, rmse} of L on the
+    fitted points; `holdout` {mae, max_abs, n}: refit without the largest-compute points and
+    predict them; `dropped` the 0-based rows removed as outliers. When fitted from a table:
+    `table` its path, `columns` input -> column name, `derived` which of N, D, C was computed
+    from the other two.
+    """
+
+    law: str
+    expression: str
+    params: dict[str, float]
+    objective: float
+    method: str
+    loss: str
+    n_points: int
+    in_sample: dict[str, float]
+    holdout: dict[str, float | int | None]
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    bootstrap_params: list[dict[str, float]] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+    inputs: tuple[str, ...] = ()
+    spec: dict[str, object] = field(default_factory=dict)
+    columns: dict[str, str] = field(default_factory=dict)
+    derived: str | None = None
+    table: str | None = None
+    flops_convention: str = FLOPS_CONVENTION
+
+    def form(self) -> LawForm:
+        """The law form this result was fitted with (rebuilt from its spec)."""
+        return form_from_spec(self.spec or {"name": self.law})
+
+    def predict(self, x: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Loss predicted by the fitted parameters at inputs `x`."""
+        return self.form().predict(x, self.params)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (non-finite floats are left to the writer, `emit_json`)."""
+        return {
+            "law": self.law,
+            "expression": self.expression,
+            "inputs": list(self.inputs),
+            "spec": dict(self.spec),
+            "params": dict(self.params),
+            "intervals": {k: list(v) for k, v in self.intervals.items()},
+            "objective": self.objective,
+            "holdout": dict(self.holdout),
+            "in_sample": dict(self.in_sample),
+            "n_points": self.n_points,
+            "method": self.method,
+            "loss": self.loss,
+            "columns": dict(self.columns),
+            "derived": self.derived,
+            "flops_convention": self.flops_convention,
+            "dropped_rows": [i + 1 for i in self.dropped],
+            "bootstrap_draws": len(self.bootstrap_params),
+            "bootstrap_params": [dict(p) for p in self.bootstrap_params],
+            "table": self.table,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> FitResult:
+        """Validate and rebuild what `to_json` wrote; `law` and `params` are required (so a
+        hand-written {"law": ..., "params": ...} works). Errors name `source` and the key."""
+        if not isinstance(data, Mapping):
+            raise UserError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        get = _Reader(data, source)
+        law = get("law", _str)
+        spec = get("spec", _mapping(_any), {"name": law})
+        try:
+            form = form_from_spec(spec)
+        except (UserError, KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{source}: key 'spec' (law {law!r}) is not usable: {exc}") from exc
+        params = get("params", _mapping(_number))
+        missing = [q for q in form.params if q not in params]
+        if missing:
+            raise UserError(f"{source}: key 'params' lacks {', '.join(missing)} (law {law})")
+        boot = get("bootstrap_params", _list(_mapping(_number)), [])
+        if get("bootstrap_draws", _int, len(boot)) != len(boot):
+            raise UserError(f"{source}: key 'bootstrap_draws' disagrees with 'bootstrap_params'")
+        return cls(
+            law=law,
+            expression=get("expression", _str, form.expression),
+            params=params,
+            objective=get("objective", _number_or_null, math.nan),
+            method=get("method", _str, ""),
+            loss=get("loss", _str, ""),
+            n_points=get("n_points", _int, 0),
+            in_sample=get("in_sample", _mapping(_number_or_null), {}),
+            holdout=get(
+                "holdout", _mapping(_holdout_value), {"mae": None, "max_abs": None, "n": 0}
+            ),
+            intervals=get("intervals", _mapping(_pair), {}),
+            bootstrap_params=boot,
+            dropped=[r - 1 for r in get("dropped_rows", _list(_int), [])],
+            inputs=tuple(get("inputs", _list(_str), list(form.inputs))),
+            spec=dict(spec),
+            columns=get("columns", _mapping(_str), {}),
+            derived=get("derived", _optional(_str), None),
+            table=get("table", _optional(_str), None),
+            flops_convention=get("flops_convention", _str, FLOPS_CONVENTION),
+        )
+
+
+def read_fit(path: str | Path, flag: str = "--fit") -> FitResult:
+    """The fit JSON at `path` (written by `moescale fit --json`), or a UserError saying why not."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{flag} {p} does not exist; write it with `moescale fit TABLE --json {p}`")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{flag} {p} is not readable JSON: {exc}") from exc
+    return FitResult.from_json(data, f"{flag} {p}")
+
+
+# ---------- checked conversion of JSON values (ValueError: what was wanted) ----------
+class _Reader:
+    def __init__(self, data: Mapping[str, Any], source: str) -> None:
+        self.data, self.source = data, source
+
+    def __call__(self, key: str, convert: Callable[[Any], T], *default: T) -> T:
+        if key not in self.data or (default and self.data[key] is None):
+            if not default:
+                raise UserError(
+                    f"{self.source}: lacks key {key!r}; is it `moescale fit --json` output?"
+                )
+            return default[0]
+        try:
+            return convert(self.data[key])
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{self.source}: key {key!r} {exc}") from None
+
+
+def _any(v: Any) -> Any:
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"holds {v!r}, expected a string")
+    return v
+
+
+def _int(v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ValueError(f"holds {v!r}, expected an integer")
+    return v
+
+
+def _number(v: Any) -> float:
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        raise ValueError(f"holds {v!r}, expected a number")
+    return float(v)
+
+
+def _number_or_null(v: Any) -> float:
+    """A number; null (how a non-finite value is written) reads back as nan."""
+    return math.nan if v is None else _number(v)
+
+
+def _holdout_value(v: Any) -> float | int | None:
+    return v if v is None or (isinstance(v, int) and not isinstance(v, bool)) else _number(v)
+
+
+def _pair(v: Any) -> tuple[float, float]:
+    if not isinstance(v, list | tuple) or len(v) != 2:
+        raise ValueError(f"holds {v!r}, expected [low, high]")
+    return _number_or_null(v[0]), _number_or_null(v[1])
+
+
+def _optional(convert: Callable[[Any], T]) -> Callable[[Any], T | None]:
+    return lambda v: None if v is None else convert(v)
+
+
+def _list(convert: Callable[[Any], T]) -> Callable[[Any], list[T]]:
+    def f(v: Any) -> list[T]:
+        if not isinstance(v, list):
+            raise ValueError(f"holds {type(v).__name__}, expected a list")
+        return [convert(e) for e in v]
+
+    return f
+
+
+def _mapping(convert: Callable[[Any], T]) -> Callable[[Any], dict[str, T]]:
+    def f(v: Any) -> dict[str, T]:
+        if not isinstance(v, Mapping):
+            raise ValueError(f"holds {type(v).__name__}, expected an object")
+        return {str(k): convert(e) for k, e in v.items()}
+
+    return f

@@ -1,0 +1,279 @@
+"""The run directory as one contract, readable without torch.
+
+The trainer writes a run directory; the laws, the results table, the demo and the tests read it.
+Everything they agree on lives here: the paths, what `summary.json` holds (`RunSummary`), the
+keys of `metrics.jsonl` records (`Metric`), the results-table column names (`Col`), and the
+config diff that decides whether a directory holds "the same run". A reader given a partial or
+corrupt directory raises `RunDirError`, naming the file and what is wrong with it.
+
+    run_dir/
+      config.yaml      resolved config (written once; a different config is refused)
+      summary.json     RunSummary: status, val_loss, every parameter and FLOP convention, ...
+      metrics.jsonl    one JSON object per logged step; eval records carry val_loss
+      train.log        the run's log lines (appended across resumes)
+      checkpoints/     step_XXXXXXXX.pt, the newest `train.keep_checkpoints`
+      events.out.tfevents.*   TensorBoard
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moescale.atomic import atomic_write_json
+from moescale.errors import UserError
+
+STATUSES = ("running", "done", "failed", "interrupted")
+
+
+class Col:
+    """Results-table columns (one row per evaluated point); `RunSummary` uses the same keys."""
+
+    RUN = "run"
+    ARCH = "arch"
+    EXPERTS = "experts"
+    GRANULARITY = "granularity"
+    TOP_K = "top_k"
+    PARAMS_TOTAL = "params_total"
+    PARAMS_ACTIVE = "params_active"
+    PARAMS_EMBEDDING = "params_embedding"
+    PARAMS_ROUTER = "params_router"
+    TOKENS = "tokens"
+    FLOPS = "flops"
+    FLOPS_SIMPLE = "flops_simple"
+    FLOPS_ROUTING_AWARE = "flops_routing_aware"
+    BATCH_SIZE = "batch_size"
+    LR = "lr"
+    VAL_LOSS = "val_loss"
+
+
+class Metric:
+    """Keys of `metrics.jsonl` records. Training records carry LOSS; eval records VAL_LOSS."""
+
+    STEP = "step"
+    TOKENS = "tokens"
+    LOSS = "loss"
+    LR = "lr"
+    GRAD_NORM = "grad_norm"
+    TOKENS_PER_S = "tokens_per_s"
+    MFU = "mfu"
+    AUX_LOSS = "aux_loss"
+    Z_LOSS = "z_loss"
+    LOAD_IMBALANCE = "load_imbalance"
+    DROPPED_FRAC = "dropped_frac"
+    NOISE_SCALE = "noise_scale"
+    VAL_LOSS = "val_loss"
+
+
+class RunDirError(UserError):
+    """A run directory (or one of its files) is missing, partial or corrupt."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    dir: Path
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.yaml"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "train.log"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+    def event_files(self) -> list[Path]:
+        return sorted(self.dir.glob("events.out.tfevents.*"))
+
+
+@dataclass
+class RunSummary:
+    """What `summary.json` holds. Parameters in the conventions of docs/conventions.md; FLOPs
+    per token and in total in three conventions (exact, 6·N_active, routing-aware)."""
+
+    run: str
+    status: str
+    arch: str  # "dense" or "moe"
+    experts: int  # E (1 for dense)
+    granularity: int  # G (1 for dense)
+    top_k: int  # k in standard-expert units (1 for dense)
+    d_model: int
+    n_layers: int
+    seq_len: int
+    params_total: int  # non-embedding, all experts, router included
+    params_active: int  # non-embedding parameters one token uses, router included
+    params_embedding: int
+    params_router: int
+    flops_per_token: float  # exact, forward + backward
+    flops_per_token_simple: float  # 6 * params_active
+    flops_per_token_routing_aware: float  # Krajewski et al. (2024)
+    batch_size: int  # sequences per optimizer step
+    batch_tokens: int
+    lr: float
+    schedule: str
+    steps_planned: int
+    steps: int = 0  # optimizer steps done (of a failed run: up to its last good checkpoint)
+    tokens: int = 0
+    flops: float = 0.0
+    flops_simple: float = 0.0
+    flops_routing_aware: float = 0.0
+    val_loss: float | None = None
+    wall_time_s: float = 0.0
+    noise_scale: float | None = None
+    noise_scale_unit: str = "tokens"
+    out_dir: str = ""
+    failed_step: int | None = None  # the step at which a failed run stopped
+    reason: str | None = None  # why it failed
+    last_checkpoint: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "summary") -> RunSummary:
+        """Validate keys and types; unknown keys (from a newer version) are ignored."""
+        if not isinstance(data, Mapping):
+            raise RunDirError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                required = f.default is dataclasses.MISSING
+                if required:
+                    raise RunDirError(f"{source}: key {f.name!r} is missing")
+                continue
+            kwargs[f.name] = _checked(hints[f.name], data[f.name], f"{source}: key {f.name!r}")
+        if kwargs["status"] not in STATUSES:
+            raise RunDirError(
+                f"{source}: status {kwargs['status']!r} is not one of {', '.join(STATUSES)}"
+            )
+        return cls(**kwargs)
+
+    def write(self, paths: RunPaths) -> None:
+        atomic_write_json(paths.summary, self.to_dict())
+
+
+def _checked(tp: Any, value: Any, where: str) -> Any:
+    """`value` if it has type `tp` (ints accepted for floats), else a RunDirError."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[tp]
+    if not ok:
+        raise RunDirError(f"{where} holds {value!r}, expected {tp.__name__}")
+    return float(value) if tp is float else value
+
+
+def read_summary(run_dir: str | Path) -> RunSummary:
+    """The summary of a run directory, or a RunDirError naming the file and the problem."""
+    path = RunPaths(Path(run_dir)).summary
+    if not path.is_file():
+        raise RunDirError(
+            f"{path} does not exist: {Path(run_dir)} is not a run directory, or its run never "
+            "started (train it with `moescale train CONFIG`)"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RunDirError(f"{path} is not readable JSON ({exc}); retrain with --force") from None
+    return RunSummary.from_dict(data, str(path))
+
+
+def read_summary_or_none(run_dir: str | Path) -> RunSummary | None:
+    """The summary, or None when the directory holds none yet (a corrupt one still raises)."""
+    if not RunPaths(Path(run_dir)).summary.exists():
+        return None
+    return read_summary(run_dir)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of a metrics.jsonl file, in order.
+
+    A torn last line (the process was killed mid-write) is skipped; a bad line anywhere else
+    means the file was damaged, and raises a RunDirError naming the line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path} is not readable ({exc})") from None
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict):
+            out.append(rec)
+        elif i < len(lines) - 1:
+            raise RunDirError(f"{path}, line {i + 1}: not a JSON object ({line[:60]!r})")
+    return out
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: the dotted keys of `--set` and of error messages."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """'key: old -> new' for every dotted key whose value differs, train.out_dir excluded (the
+    directory is the run, wherever it was named from)."""
+    a, b = flatten(saved), flatten(current)
+    return [
+        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if k != "train.out_dir" and not _same(a.get(k), b.get(k))
+    ]
+
+
+def _same(x: Any, y: Any) -> bool:
+    if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+        return True
+    return x == y
+
+
+__all__ = [
+    "STATUSES",
+    "Col",
+    "Metric",
+    "RunDirError",
+    "RunPaths",
+    "RunSummary",
+    "config_diff",
+    "flatten",
+    "read_metrics",
+    "read_summary",
+    "read_summary_or_none",
+]

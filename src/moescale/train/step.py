@@ -1,0 +1,158 @@
+"""One optimizer step: the unit the trainer repeats and the benchmarks time.
+
+forward and backward over `n_micro` consecutive micro-batches (gradient accumulation), the
+non-finite check, global-norm clipping, the optimizer step, and the aux-loss-free router-bias
+update from the whole step's expert loads. The optimised loss is the micro-batch mean of
+lm + aux_loss_coef * aux + z_loss_coef * z (aux and z summed over MoE layers, so the
+coefficients are per layer, as in Switch and ST-MoE); the reported `loss` is the language-model
+cross-entropy alone, the number the scaling laws use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from moescale.config import MoEConfig
+from moescale.model import ModelOutput, lm_loss
+from moescale.model.moe import load_imbalance
+from moescale.run import Metric
+from moescale.train.device import Autocast
+from moescale.train.noise_scale import NoiseScaleEstimator
+
+
+class NonFiniteError(Exception):
+    """The step's loss or gradient norm is NaN or infinite; nothing was applied."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    n_micro: int  # micro-batches per optimizer step
+    grad_clip: float  # global-norm clipping threshold; 0: off
+    moe: MoEConfig | None  # the MoE layers' loss coefficients; None: dense
+    autocast: Autocast
+
+
+@dataclass
+class StepStats:
+    """Sums over the micro-batches of one step (tensors: read them only when logging)."""
+
+    lm_sum: torch.Tensor
+    aux_sum: torch.Tensor
+    z_sum: torch.Tensor
+    dropped_sum: torch.Tensor
+    loads: list[torch.Tensor] = field(default_factory=list)  # per MoE layer: slots per expert
+    small_sq: torch.Tensor | None = None  # |g|^2 of the first micro-batch's gradient
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean language-model cross-entropy over the micro-batches
+    grad_norm: float  # global gradient norm before clipping
+    stats: StepStats
+    n_micro: int
+    moe: bool
+
+    def moe_metrics(self) -> dict[str, Any]:
+        """aux_loss, z_loss (per micro-batch), load imbalance, dropped fraction; None if dense.
+        Reading them synchronises with the device: call when logging only."""
+        st, n = self.stats, self.n_micro
+        return {
+            Metric.AUX_LOSS: float(st.aux_sum) / n if self.moe else None,
+            Metric.Z_LOSS: float(st.z_sum) / n if self.moe else None,
+            Metric.LOAD_IMBALANCE: mean_imbalance(st.loads) if st.loads else None,
+            Metric.DROPPED_FRAC: float(st.dropped_sum) / n if self.moe else None,
+        }
+
+
+def mean_imbalance(loads: list[torch.Tensor]) -> float:
+    """Mean over MoE layers of max/mean tokens per expert (summed over the micro-batches)."""
+    per_layer = [load_imbalance(c) for c in loads]
+    return sum(per_layer) / len(per_layer)
+
+
+def grad_sq_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of squared gradient entries, in float32 (a tensor: no device sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads)
+    return torch.stack([n.float() for n in norms]).square().sum()
+
+
+def forward_backward(
+    forward: Callable[[torch.Tensor], ModelOutput],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    opts: StepOptions,
+    params: list[torch.Tensor] | None = None,
+) -> StepStats:
+    """Accumulate the gradient of one optimizer step over `n_micro` consecutive slices of x.
+
+    The loss of each slice is divided by n_micro, so the accumulated gradient equals that of the
+    whole batch. With `params`, also return the squared norm of the first micro-batch's gradient
+    (the small-batch estimate of the noise scale)."""
+    n_micro, moe = opts.n_micro, opts.moe
+    micro = x.shape[0] // n_micro
+    zero = torch.zeros((), device=x.device)
+    st = StepStats(zero.clone(), zero.clone(), zero.clone(), zero.clone())
+    for i in range(n_micro):
+        xs, ys = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]
+        with opts.autocast():
+            out = forward(xs)
+        lm = lm_loss(out.logits, ys)
+        loss = lm
+        if moe is not None:
+            loss = loss + moe.aux_loss_coef * out.aux_loss + moe.z_loss_coef * out.z_loss
+        (loss / n_micro).backward()
+        if params is not None and i == 0:
+            st.small_sq = grad_sq_norm(params) * n_micro**2
+        st.lm_sum += lm.detach()
+        if out.moe:
+            st.aux_sum += out.aux_loss.detach()
+            st.z_sum += out.z_loss.detach()
+            counts = [s.tokens_per_expert for s in out.moe]
+            st.loads = (
+                counts if not st.loads else [a + b for a, b in zip(st.loads, counts, strict=True)]
+            )
+            st.dropped_sum += torch.stack([s.dropped_frac for s in out.moe]).mean()
+    return st
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    opts: StepOptions,
+    *,
+    forward: Callable[[torch.Tensor], ModelOutput] | None = None,
+    noise: NoiseScaleEstimator | None = None,
+) -> StepResult:
+    """One optimizer step on batch (x, y); raises NonFiniteError (before the optimizer step)
+    when the loss or the gradient norm is not finite. `forward` is the model's forward to use
+    (a torch.compile'd one; default `model`); `noise` receives this step's two gradient norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    st = forward_backward(forward or model, x, y, opts, params if noise is not None else None)
+    loss = float(st.lm_sum) / opts.n_micro
+    if not math.isfinite(loss):
+        raise NonFiniteError(f"non-finite loss ({loss})")
+    max_norm = opts.grad_clip if opts.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
+    if not math.isfinite(grad_norm):
+        raise NonFiniteError(f"non-finite gradient norm ({grad_norm})")
+    if noise is not None and st.small_sq is not None:
+        noise.update(float(st.small_sq), grad_norm**2)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if st.loads:
+        model.update_router_biases(st.loads)
+    return StepResult(loss, grad_norm, st, opts.n_micro, opts.moe is not None)

@@ -1,0 +1,74 @@
+"""Token shards: caching and rebuilds, dtype choice, lossless round trip, same bytes twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moescale.config import DataConfig
+from moescale.data import load_tokenizer, prepare_data, token_dtype
+from moescale.data.user_files import load_user_files
+from moescale.errors import ConfigError
+
+
+def _cfg(txt_dir: Path, cache: Path) -> DataConfig:
+    return DataConfig(corpus=[str(txt_dir)], cache_dir=str(cache), val_fraction=0.2)
+
+
+def test_token_dtype() -> None:
+    assert token_dtype(4096) == np.uint16
+    assert token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32
+
+
+def test_vocab_too_small_is_a_config_error(txt_dir: Path, cache: Path) -> None:
+    with pytest.raises(ConfigError, match="model.vocab_size: 100"):
+        prepare_data(_cfg(txt_dir, cache), 100)
+
+
+def test_shards_round_trip_and_eos(txt_dir: Path, cache: Path) -> None:
+    p = prepare_data(_cfg(txt_dir, cache), 300)
+    assert p.built and p.train_tokens.dtype == np.uint16
+    assert p.manifest["eos_id"] == p.eos_id == 0
+    assert int(p.train_tokens.max()) < 300
+    tok = load_tokenizer(p.tokenizer_path)
+    split = load_user_files([str(txt_dir)], val_fraction=0.2)
+    ids = np.asarray(p.val_tokens)
+    assert (ids == p.eos_id).sum() == len(split.val) and ids[-1] == p.eos_id
+    docs = [tok.decode(list(part)) for part in np.split(ids, np.where(ids == 0)[0] + 1)[:-1]]
+    assert docs == split.val  # byte-level BPE is lossless
+    assert p.manifest["train"]["tokens"] == len(p.train_tokens)
+
+
+def test_reused_when_unchanged_rebuilt_when_corpus_or_vocab_changes(
+    txt_dir: Path, cache: Path
+) -> None:
+    first = prepare_data(_cfg(txt_dir, cache), 300)
+    mtime = (first.dir / "train.bin").stat().st_mtime_ns
+    again = prepare_data(_cfg(txt_dir, cache), 300)
+    assert not again.built and again.dir == first.dir
+    assert (again.dir / "train.bin").stat().st_mtime_ns == mtime
+    other_vocab = prepare_data(_cfg(txt_dir, cache), 320)
+    assert other_vocab.built and other_vocab.dir != first.dir
+    (txt_dir / "doc03.txt").write_text("A changed document.\n\nWith new words entirely.")
+    changed = prepare_data(_cfg(txt_dir, cache), 300)
+    assert changed.built and changed.dir != first.dir
+    assert changed.manifest["corpus_sha256"] != first.manifest["corpus_sha256"]
+    # a shard killed half-way (no manifest) is rebuilt, not trusted
+    (changed.dir / "manifest.json").unlink()
+    assert prepare_data(_cfg(txt_dir, cache), 300).built
+
+
+def test_uint32_for_large_vocab(txt_dir: Path, cache: Path) -> None:
+    p = prepare_data(_cfg(txt_dir, cache), 70_000)
+    assert p.train_tokens.dtype == np.uint32 and p.manifest["dtype"] == "uint32"
+    assert (p.dir / "train.bin").stat().st_size == 4 * len(p.train_tokens)
+
+
+def test_same_corpus_same_bytes(txt_dir: Path, tmp_path: Path) -> None:
+    a = prepare_data(_cfg(txt_dir, tmp_path / "a"), 300)
+    b = prepare_data(_cfg(txt_dir, tmp_path / "b"), 300)
+    for name in ("tokenizer.json", "train.bin", "val.bin"):
+        assert (a.dir / name).read_bytes() == (b.dir / name).read_bytes()
