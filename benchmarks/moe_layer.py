@@ -56,7 +56,9 @@ def hf_block(layer: MoEFFN, d_model: int, d_ff: int, impl: str):
     with torch.no_grad():
         block.gate.weight.copy_(layer.router.weight)
         block.experts.gate_up_proj.copy_(layer.w13_XDH.transpose(1, 2))
-        block.experts.down_proj.copy_(layer.w2_XFD.transpose(1, 2))
+        # our layer multiplies the experts' output by out_scale (k*G with the default
+        # expert_init); folded into the down-projection the two blocks compute the same
+        block.experts.down_proj.copy_(layer.w2_XFD.transpose(1, 2) * layer.out_scale)
     return block
 
 

@@ -25,7 +25,8 @@ def summary(**kw) -> RunSummary:
     base = dict(
         run="r", status="done", arch="moe", experts=8, granularity=4, top_k=2, d_model=64,
         n_layers=2, seq_len=64, params_total=1000, params_active=400, params_embedding=256,
-        params_router=32, flops_per_token=3000.0, flops_per_token_simple=2400.0,
+        params_router=32, params_total_no_router=968, params_active_no_router=368,
+        flops_per_token=3000.0, flops_per_token_simple=2400.0,
         flops_per_token_routing_aware=2500.0, batch_size=16, batch_tokens=1024, lr=3e-3,
         schedule="cosine", steps_planned=10, steps=10, tokens=10240, val_loss=4.5,
     )  # fmt: skip

@@ -33,6 +33,8 @@ class Accounting:
     params_active: int
     params_embedding: int
     params_router: int
+    params_total_no_router: int
+    params_active_no_router: int
     flops_per_token: float  # exact, forward + backward
     flops_per_token_simple: float
     flops_per_token_routing_aware: float
@@ -80,6 +82,8 @@ def count(cfg: ModelConfig) -> Accounting:
         params_active=active,
         params_embedding=embedding,
         params_router=router,
+        params_total_no_router=total - router,
+        params_active_no_router=active - router,
         flops_per_token=3.0 * forward,
         flops_per_token_simple=6.0 * active,
         flops_per_token_routing_aware=float(C_F * (active - router) + C_R * d * routed * n_moe),

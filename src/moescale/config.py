@@ -19,7 +19,10 @@ import yaml
 
 from moescale.errors import ConfigError
 
-RouterKind = Literal["softmax_after_topk", "softmax_before_topk", "sigmoid"]
+RouterKind = Literal["softmax_after_topk", "softmax_before_topk", "sigmoid", "expert_choice"]
+ExpertInitKind = Literal["forward_scale", "fan_in", "scaled_weights"]
+CapacityPolicy = Literal["weight", "token_order"]
+BalanceScope = Literal["step", "micro_batch"]
 BackendKind = Literal["auto", "reference", "grouped"]
 ScheduleKind = Literal["cosine", "wsd", "constant"]
 DeviceKind = Literal["auto", "cpu", "cuda"]
@@ -32,10 +35,17 @@ class MoEConfig:
     top_k: int = 2  # k in standard units: a token goes to k*G fine-grained experts
     shared_experts: int = 0  # always-on experts, standard-size units
     router: RouterKind = "softmax_after_topk"
-    normalize_topk: bool = False  # softmax_before_topk / sigmoid: renormalise kept weights
+    # renormalise the kept weights to sum to 1; None: yes for sigmoid (else the layer's output
+    # grows with G), no for softmax_before_topk (Switch); softmax_after_topk sums to 1 anyway
+    normalize_topk: bool | None = None
     aux_loss_coef: float = 0.01
     z_loss_coef: float = 0.001
-    capacity_factor: float | None = None  # None: dropless
+    capacity_factor: float | None = None  # None: dropless (expert_choice: 1.0)
+    capacity_policy: CapacityPolicy = "weight"  # over capacity, drop the lowest weights first
+    balance_scope: BalanceScope = "step"  # load-balancing statistics over the optimizer step
+    # forward_scale: experts' output x k*G in the forward pass; fan_in: std from the
+    # dense-equivalent fan-in; scaled_weights: down-projection std x k*G (see model/moe.py)
+    expert_init: ExpertInitKind = "forward_scale"
     bias_update_rate: float = 0.0  # sigmoid router: aux-loss-free balancing step (0: off)
     every: int = 1  # every n-th block (counting from the last) is MoE; 1: all blocks
     backend: BackendKind = "auto"
@@ -47,6 +57,13 @@ class MoEConfig:
     @property
     def active_experts(self) -> int:
         return self.top_k * self.granularity
+
+    @property
+    def renormalizes(self) -> bool:
+        """Whether the kept routing weights are rescaled to sum to 1 (see normalize_topk)."""
+        if self.normalize_topk is None:
+            return self.router == "sigmoid"
+        return self.normalize_topk
 
     def expert_hidden(self, d_ff: int) -> int:
         """Hidden size of one routed expert: each standard expert of hidden d_ff is split in G."""
@@ -107,6 +124,7 @@ class TrainConfig:
     device: DeviceKind = "auto"
     compile: bool = False
     noise_scale: bool = False  # estimate the gradient noise scale (needs accumulation > 1)
+    noise_scale_window: int = 100  # steps the noise-scale estimate averages over
 
 
 @dataclass
@@ -295,12 +313,22 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(
             "model.moe.bias_update_rate: aux-loss-free bias balancing needs router: sigmoid."
         )
+    if e.router == "softmax_after_topk" and e.active_experts == 1:
+        raise ConfigError(
+            "model.moe.router: softmax_after_topk with one expert per token (top_k x granularity "
+            "= 1) gives that expert weight 1 always, so the router gets no gradient from the "
+            "language-model loss. Use router: softmax_before_topk (the Switch Transformer "
+            "top-1 recipe) or route each token to at least 2 experts."
+        )
+    if e.normalize_topk is None:
+        e.normalize_topk = e.router == "sigmoid"
 
 
 def validate_train(t: TrainConfig) -> None:
     for name in ("tokens", "batch_size", "lr", "log_every", "eval_every", "eval_tokens"):
         _positive(f"train.{name}", getattr(t, name))
     _positive("train.checkpoint_every", t.checkpoint_every)
+    _positive("train.noise_scale_window", t.noise_scale_window)
     _positive("train.keep_checkpoints", t.keep_checkpoints)
     if t.micro_batch_size is not None:
         _positive("train.micro_batch_size", t.micro_batch_size)

@@ -45,6 +45,8 @@ class Col:
     PARAMS_ACTIVE = "params_active"
     PARAMS_EMBEDDING = "params_embedding"
     PARAMS_ROUTER = "params_router"
+    PARAMS_TOTAL_NO_ROUTER = "params_total_no_router"  # N_total of Krajewski et al. (2024)
+    PARAMS_ACTIVE_NO_ROUTER = "params_active_no_router"
     TOKENS = "tokens"
     FLOPS = "flops"
     FLOPS_SIMPLE = "flops_simple"
@@ -52,6 +54,9 @@ class Col:
     BATCH_SIZE = "batch_size"
     LR = "lr"
     VAL_LOSS = "val_loss"
+    VAL_LOSS_SE = "val_loss_se"
+    VAL_BPB = "val_bpb"
+    TOKENIZER = "tokenizer_sha256"
 
 
 class Metric:
@@ -68,8 +73,11 @@ class Metric:
     Z_LOSS = "z_loss"
     LOAD_IMBALANCE = "load_imbalance"
     DROPPED_FRAC = "dropped_frac"
-    NOISE_SCALE = "noise_scale"
-    VAL_LOSS = "val_loss"
+    NOISE_SCALE = "noise_scale"  # B_simple over the last train.noise_scale_window steps
+    NOISE_SCALE_LOSS = "noise_scale_loss"  # mean training loss over that window
+    VAL_LOSS = "val_loss"  # mean next-token loss (nats) over the validation sample
+    VAL_LOSS_SE = "val_loss_se"  # its standard error, windows as the sampling unit
+    VAL_BPB = "val_bpb"  # bits per byte of the same text (tokenizer-independent)
 
 
 class RunDirError(UserError):
@@ -122,6 +130,8 @@ class RunSummary:
     params_active: int  # non-embedding parameters one token uses, router included
     params_embedding: int
     params_router: int
+    params_total_no_router: int  # N of Krajewski et al. (2024)'s law
+    params_active_no_router: int
     flops_per_token: float  # exact, forward + backward
     flops_per_token_simple: float  # 6 * params_active
     flops_per_token_routing_aware: float  # Krajewski et al. (2024)
@@ -136,8 +146,13 @@ class RunSummary:
     flops_simple: float = 0.0
     flops_routing_aware: float = 0.0
     val_loss: float | None = None
+    val_loss_se: float | None = None  # standard error of val_loss over the evaluated windows
+    val_bpb: float | None = None  # bits per byte (None without a tokenizer, e.g. token arrays)
+    eval_tokens: int = 0  # tokens the validation sample holds
+    tokenizer_sha256: str | None = None  # the tokenizer the run used (runs compare only if equal)
     wall_time_s: float = 0.0
-    noise_scale: float | None = None
+    noise_scale: float | None = None  # B_simple over the final train.noise_scale_window steps
+    noise_scale_loss: float | None = None  # mean training loss over those steps
     noise_scale_unit: str = "tokens"
     out_dir: str = ""
     failed_step: int | None = None  # the step at which a failed run stopped

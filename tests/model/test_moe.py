@@ -130,3 +130,151 @@ def test_output_scale_at_init_does_not_depend_on_granularity():
         with torch.no_grad():
             stds.append(float(layer(x)[0].std()))
     assert max(stds) / min(stds) < 1.3, stds
+
+
+# ---- a fair comparison across G (every test below fails on a router or init that biases it)
+
+
+def test_one_expert_per_token_with_softmax_after_topk_is_refused():
+    from moescale.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="softmax_before_topk") as err:
+        config_from_dict({"model": {"moe": {"experts": 8, "top_k": 1, "granularity": 1}}})
+    assert "no gradient" in str(err.value)
+    ok = {"experts": 8, "top_k": 1, "granularity": 1, "router": "softmax_before_topk"}
+    assert config_from_dict({"model": {"moe": ok}}).model.moe.router == "softmax_before_topk"
+
+
+def router_grad_from_lm(cfg: MoEConfig) -> float:
+    """Router gradient norm from an output loss alone (no balancing or z-loss)."""
+    torch.manual_seed(0)
+    layer = MoEFFN(32, 64, cfg)
+    layer.init_weights(0.02, 0.01)
+    y, _ = layer(torch.randn(256, 32))
+    (y * torch.randn_like(y)).sum().backward()
+    return float(layer.router.weight.grad.norm())
+
+
+def test_top1_router_learns_with_the_recipe_the_config_requires():
+    dead = MoEConfig(experts=8, top_k=1, granularity=1)  # what validation now refuses
+    assert router_grad_from_lm(dead) == 0.0
+    live = MoEConfig(experts=8, top_k=1, granularity=1, router="softmax_before_topk")
+    assert router_grad_from_lm(live) > 1e-3
+
+
+def layer_response(g: int, init: str, down_only: bool) -> tuple[float, float]:
+    """(output std at init, relative output change after one Adam step of lr 1e-3)."""
+    torch.manual_seed(0)
+    x, r = torch.randn(2048, 64), torch.randn(2048, 64)
+    cfg = MoEConfig(experts=8, granularity=g, top_k=2, expert_init=init)
+    layer = MoEFFN(64, 256, cfg)
+    layer.init_weights(0.02, 0.02 / math.sqrt(8))
+    params = [layer.w2_XFD] if down_only else list(layer.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
+    y0, _ = layer(x)
+    (y0 * r).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        y1, _ = layer(x)
+    return float(y0.detach().std()), float((y1 - y0.detach()).norm() / y0.detach().norm())
+
+
+@pytest.mark.parametrize("down_only", [True, False], ids=["down_projection", "whole_layer"])
+def test_default_init_keeps_output_scale_and_update_size_independent_of_g(down_only):
+    responses = [layer_response(g, "forward_scale", down_only) for g in (1, 2, 4, 8)]
+    stds, changes = [r[0] for r in responses], [r[1] for r in responses]
+    assert max(stds) / min(stds) < 1.1, stds
+    assert max(changes) / min(changes) < 1.1, changes
+
+
+def test_scaled_weights_init_slows_the_fine_grained_down_projection():
+    changes = [layer_response(g, "scaled_weights", True)[1] for g in (1, 8)]
+    assert changes[0] / changes[1] > 4, changes  # why forward_scale is the default
+
+
+def test_every_expert_init_builds_and_runs():
+    for init in ("forward_scale", "fan_in", "scaled_weights"):
+        std, change = layer_response(4, init, False)
+        assert math.isfinite(std) and std > 0 and change > 0, init
+
+
+def test_sigmoid_router_normalises_by_default_so_output_does_not_grow_with_g():
+    from moescale.config import config_from_dict
+
+    moe = {"experts": 8, "top_k": 2, "router": "sigmoid"}
+    assert config_from_dict({"model": {"moe": moe}}).model.moe.normalize_topk is True
+    stds = []
+    for g in (1, 8):
+        torch.manual_seed(0)
+        layer = MoEFFN(64, 256, MoEConfig(experts=8, granularity=g, top_k=2, router="sigmoid"))
+        layer.init_weights(0.02, 0.01)
+        with torch.no_grad():
+            stds.append(float(layer(torch.randn(1024, 64))[0].std()))
+    assert stds[1] / stds[0] < 1.3, stds
+
+
+def test_router_logits_are_float32_under_bf16_autocast(monkeypatch):
+    from moescale.model import moe as moe_mod
+
+    seen = []
+    real = moe_mod.route
+
+    def spy(logits_TX, *args, **kwargs):
+        seen.append(logits_TX.dtype)
+        return real(logits_TX, *args, **kwargs)
+
+    monkeypatch.setattr(moe_mod, "route", spy)
+    layer = MoEFFN(32, 64, MoEConfig(experts=4, granularity=2, top_k=2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(torch.randn(64, 32))
+    assert seen == [torch.float32]
+
+
+def test_capacity_drops_the_lowest_weights_first():
+    torch.manual_seed(0)
+    idx = torch.randint(0, 4, (40, 2))
+    weight = torch.rand(40, 2)
+    kept, n_dropped = apply_capacity(idx, 4, 5, weight)
+    for e in range(4):  # by hand: each expert keeps its 5 heaviest slots
+        mask = idx == e
+        w = weight[mask]
+        want = set(w.topk(min(5, len(w))).values.tolist())
+        assert set(weight[kept == e].tolist()) == want
+    assert n_dropped == int((kept == 4).sum()) == sum(max(0, int((idx == e).sum()) - 5)
+                                                       for e in range(4))  # fmt: skip
+
+
+def test_step_balance_uses_the_steps_loads():
+    """With the other micro-batches' loads as prior counts, a micro-batch's balancing
+    statistics f_i are the whole step's, so aux = X * sum f_step * P_micro."""
+    cfg = MoEConfig(experts=4, granularity=2, top_k=1)
+    a, b = torch.randn(32, 8), torch.randn(32, 8)
+    ra = route(a, cfg)
+    rb = route(b, cfg, prior_counts_X=ra.stats.tokens_per_expert)
+    counts = ra.stats.tokens_per_expert + rb.stats.tokens_per_expert
+    f = counts.float() / counts.sum()
+    want = 8 * float((f * b.softmax(-1).mean(0)).sum())
+    assert float(rb.stats.aux_loss) == pytest.approx(want, rel=1e-6)
+    assert float(route(b, cfg).stats.aux_loss) != pytest.approx(want, rel=1e-3)
+
+
+def test_expert_choice_fills_every_expert_exactly_and_backends_agree():
+    cfg = MoEConfig(experts=4, granularity=2, top_k=1, router="expert_choice")
+    logits = torch.randn(64, 8)
+    r = route(logits, cfg)
+    assert r.stats.tokens_per_expert.tolist() == [16] * 8  # capacity 64 * 2 / 8
+    assert float(r.stats.aux_loss) == 0.0
+    torch.manual_seed(0)
+    layer = MoEFFN(16, 32, cfg)
+    layer.init_weights(0.1, 0.05)
+    x = torch.randn(64, 16)
+    outs = {}
+    for backend in ("reference", "grouped"):
+        layer.cfg.backend = backend
+        layer.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        y, _ = layer(xi)
+        (y * torch.cos(torch.arange(y.numel()).view_as(y))).sum().backward()
+        outs[backend] = (y.detach(), xi.grad.clone(), layer.router.weight.grad.clone())
+    for got, want in zip(outs["grouped"], outs["reference"], strict=True):
+        assert rel_err(got, want) <= 1e-5

@@ -15,7 +15,7 @@ def test_recovers_known_noise_scale():
     sigma_diag = rng.uniform(0.5, 2.0, size=dim)  # per-sample covariance (diagonal)
     g2, tr = float(true_g @ true_g), float(sigma_diag.sum())
     b_small, b_big = 8, 64
-    est = NoiseScaleEstimator(b_small, b_big)
+    est = NoiseScaleEstimator(b_small, b_big, window=4000)
     for _ in range(4000):
         # mean of b per-sample gradients: covariance Sigma / b; the big batch contains the small
         samples = true_g + rng.normal(size=(b_big, dim)) * np.sqrt(sigma_diag)
@@ -47,3 +47,13 @@ def test_no_value_before_data_and_state_roundtrip():
     assert other.count == 1 and other.value() == est.value()
     with pytest.raises(ValueError):
         NoiseScaleEstimator(32, 4)
+
+
+def test_window_forgets_early_training():
+    """Early steps (large gradients) leave the estimate once they are out of the window."""
+    est = NoiseScaleEstimator(4, 32, window=10)
+    for _ in range(10):
+        est.update(100.0 + 30.0 / 4, 100.0 + 30.0 / 32)  # |G|^2 = 100: B = 0.3
+    for _ in range(10):
+        est.update(2.0 + 30.0 / 4, 2.0 + 30.0 / 32)  # |G|^2 = 2: B = 15
+    assert est.count == 10 and est.value() == pytest.approx(15.0)

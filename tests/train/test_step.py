@@ -70,7 +70,8 @@ def test_clipping_and_noise_scale_inputs():
     noise = NoiseScaleEstimator(b_small=4 * 16, b_big=8 * 16)
     res = train_step(model, opt, x, y, opts, noise=noise)
     assert res.grad_norm > 1e-3  # reported before clipping
-    assert noise.count == 1 and noise.sum_big_sq == pytest.approx(res.grad_norm**2)
+    assert noise.count == 1 and noise.big_sq == [pytest.approx(res.grad_norm**2)]
+    assert noise.loss() == pytest.approx(res.loss)
 
 
 def test_router_bias_moves_after_the_step():

@@ -25,7 +25,7 @@ from moescale.errors import UserError
 from moescale.laws.forms import LawForm, form_from_spec, form_spec, get_form
 from moescale.laws.problem import LOSSES, METHODS, Problem
 from moescale.laws.result import FitResult
-from moescale.laws.table import fit_inputs, read_table
+from moescale.laws.table import check_one_tokenizer, fit_inputs, read_table
 
 
 @contextlib.contextmanager
@@ -329,7 +329,9 @@ def fit_table(
         raise UserError(f"--holdout-frac must be in [0, 1), got {holdout_frac}")
     if drop_outliers < 0:
         raise UserError(f"--drop-outliers must be >= 0, got {drop_outliers}")
-    inp = fit_inputs(read_table(path), form, columns or {})
+    table = read_table(path)
+    check_one_tokenizer(table)
+    inp = fit_inputs(table, form, columns or {})
     n_left = len(inp.loss) - drop_outliers
     if n_left < len(form.params):
         raise UserError(

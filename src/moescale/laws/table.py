@@ -102,6 +102,21 @@ def numeric_column(table: Mapping[str, np.ndarray], name: str, flag: str) -> np.
     return col
 
 
+def check_one_tokenizer(table: Mapping[str, np.ndarray]) -> None:
+    """Refuse a table whose runs used different tokenizers: a loss in nats per token of one
+    vocabulary is not comparable with one of another, so no law can be fitted across them."""
+    if Col.TOKENIZER not in table:
+        return
+    hashes = sorted({str(v) for v in table[Col.TOKENIZER] if str(v) not in ("", "nan")})
+    if len(hashes) > 1:
+        shown = ", ".join(h[:12] for h in hashes[:4])
+        raise UserError(
+            f"the table mixes runs trained with {len(hashes)} different tokenizers (column "
+            f"{Col.TOKENIZER!r}: {shown}); their losses are per token of different vocabularies "
+            "and cannot be compared. Fit the runs of one tokenizer at a time."
+        )
+
+
 def _is_float(v: object) -> bool:
     try:
         float(str(v))

@@ -54,9 +54,16 @@ def route(
     logits_TX: torch.Tensor,
     cfg: MoEConfig,
     bias_X: torch.Tensor | None = None,
+    prior_counts_X: torch.Tensor | None = None,
 ) -> Routing:
-    """Pick k*G experts per token and their weights; compute losses and metrics. Float32."""
+    """Pick experts for each token and their weights; compute losses and metrics. Float32.
+
+    `prior_counts_X`: slots per expert already routed by earlier micro-batches of the same
+    optimizer step; with them the balancing loss uses the step's loads so far (global-batch
+    balancing, `balance_scope: step`), not only this micro-batch's."""
     logits_TX = logits_TX.float()
+    if cfg.router == "expert_choice":
+        return _expert_choice(logits_TX, cfg)
     n_tok, n_exp = logits_TX.shape
     k = cfg.active_experts
     if cfg.router == "softmax_after_topk":
@@ -66,39 +73,73 @@ def route(
     elif cfg.router == "softmax_before_topk":
         probs_TX = logits_TX.softmax(-1)
         weight_TK, expert_idx_TK = probs_TX.topk(k, dim=-1)
-        if cfg.normalize_topk:
-            weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True)
     elif cfg.router == "sigmoid":
         scores_TX = torch.sigmoid(logits_TX)
         probs_TX = scores_TX / scores_TX.sum(-1, keepdim=True)
         select_TX = scores_TX if bias_X is None else scores_TX + bias_X
         expert_idx_TK = select_TX.topk(k, dim=-1).indices
         weight_TK = scores_TX.gather(1, expert_idx_TK)  # the bias steers selection only
-        if cfg.normalize_topk:
-            weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True)
     else:  # validated at load; kept for library callers
         raise ValueError(f"unknown router {cfg.router!r}")
+    if cfg.renormalizes and cfg.router != "softmax_after_topk":
+        weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True)
 
     counts_X = torch.bincount(expert_idx_TK.reshape(-1), minlength=n_exp)
-    f_X = counts_X.float() / (n_tok * k)
+    balance_X = counts_X if prior_counts_X is None else counts_X + prior_counts_X
+    f_X = balance_X.float() / balance_X.sum().clamp_min(1)
     aux_loss = n_exp * (f_X * probs_TX.mean(0)).sum()
     z_loss = torch.logsumexp(logits_TX, -1).square().mean()
 
     dropped_frac = logits_TX.new_zeros(())
     if cfg.capacity_factor is not None:
         capacity = math.ceil(n_tok * k * cfg.capacity_factor / n_exp)
-        expert_idx_TK, n_dropped = apply_capacity(expert_idx_TK, n_exp, capacity)
+        priority = weight_TK.detach() if cfg.capacity_policy == "weight" else None
+        expert_idx_TK, n_dropped = apply_capacity(expert_idx_TK, n_exp, capacity, priority)
         dropped_frac = logits_TX.new_tensor(n_dropped / (n_tok * k))
     stats = MoEStats(aux_loss, z_loss, counts_X.detach(), dropped_frac)
     return Routing(expert_idx_TK, weight_TK, stats)
 
 
+def _expert_choice(logits_TX: torch.Tensor, cfg: MoEConfig) -> Routing:
+    """Expert-choice routing (Zhou et al. 2022): each expert takes the `capacity` tokens that
+    score it highest, weighted by their softmax probability. Balanced by construction (no
+    balancing loss); a token may get several experts or none. Not causal: whether a token is
+    picked depends on the other tokens of the batch, later ones included, so its evaluation
+    loss is not that of a left-to-right language model (docs/science.md).
+
+    Slots are laid out T x X (slot e of token t is expert e, or X when e did not pick t), so
+    every expert backend runs it unchanged."""
+    n_tok, n_exp = logits_TX.shape
+    factor = cfg.capacity_factor if cfg.capacity_factor is not None else 1.0
+    capacity = min(n_tok, math.ceil(n_tok * cfg.active_experts * factor / n_exp))
+    probs_TX = logits_TX.softmax(-1)
+    picked_CX = probs_TX.topk(capacity, dim=0).indices  # each column: one expert's tokens
+    mask_TX = torch.zeros_like(probs_TX, dtype=torch.bool)
+    mask_TX[picked_CX, torch.arange(n_exp, device=logits_TX.device)] = True
+    experts_X = torch.arange(n_exp, device=logits_TX.device)
+    expert_idx_TX = torch.where(mask_TX, experts_X, n_exp)
+    weight_TX = probs_TX * mask_TX
+    z_loss = torch.logsumexp(logits_TX, -1).square().mean()
+    unrouted = (~mask_TX.any(-1)).float().mean()  # share of tokens no expert picked
+    counts_X = mask_TX.sum(0)
+    stats = MoEStats(logits_TX.new_zeros(()), z_loss, counts_X.detach(), unrouted.detach())
+    return Routing(expert_idx_TX, weight_TX, stats)
+
+
 def apply_capacity(
-    expert_idx_TK: torch.Tensor, n_experts: int, capacity: int
+    expert_idx_TK: torch.Tensor,
+    n_experts: int,
+    capacity: int,
+    priority_TK: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Keep each expert's first `capacity` slots in token order; mark the rest dropped (index X)."""
+    """Keep each expert's `capacity` slots of highest priority (ties, and no priority: first
+    come, first served in token order); mark the rest dropped (index X). With the routing
+    weights as priority this is Megatron-Core's default "probs" drop policy."""
     flat = expert_idx_TK.reshape(-1)
-    order = torch.argsort(flat, stable=True)
+    order = torch.arange(flat.numel(), device=flat.device)
+    if priority_TK is not None:
+        order = torch.argsort(-priority_TK.reshape(-1), stable=True)
+    order = order[torch.argsort(flat[order], stable=True)]  # by expert, then by priority
     counts = torch.bincount(flat, minlength=n_experts)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(flat)
@@ -126,6 +167,7 @@ class MoEFFN(nn.Module):
         super().__init__()
         self.cfg = cfg
         n_exp, hid = cfg.routed_experts, cfg.expert_hidden(d_ff)
+        self.d_ff = d_ff
         self.router = nn.Linear(d_model, n_exp, bias=False)
         # gate (w1) and up (w3) projections side by side: one matmul per expert
         self.w13_XDH = nn.Parameter(torch.empty(n_exp, d_model, 2 * hid))
@@ -133,28 +175,51 @@ class MoEFFN(nn.Module):
         self.shared = SwiGLU(d_model, cfg.shared_experts * d_ff) if cfg.shared_experts else None
         # Aux-loss-free balancing (sigmoid router): a selection bias nudged after each step.
         self.register_buffer("expert_bias_X", torch.zeros(n_exp), persistent=True)
+        # A fixed multiplier of the routed experts' output (Megatron-Core's
+        # moe_router_topk_scaling_factor, DeepSeek's routed_scaling_factor), see init_weights.
+        self.out_scale = float(cfg.active_experts) if cfg.expert_init == "forward_scale" else 1.0
 
     def init_weights(self, std: float, out_std: float) -> None:
-        """Inputs N(0, std); outputs N(0, out_std * k*G) so the layer's output scale at init is
-        that of a dense SwiGLU of hidden k*d_ff whatever G: near-uniform weights 1/(k*G) over
-        k*G experts of hidden d_ff/G would otherwise shrink the output variance by G^2."""
+        """Inputs N(0, std); the down-projection by `expert_init`.
+
+        A token's output is a weighted sum over k*G experts whose weights are about 1/(k*G) at
+        init, so without compensation a fine-grained layer's output variance shrinks like 1/G^2.
+        `forward_scale` (default) multiplies the experts' output by k*G in the forward pass and
+        draws the down-projection N(0, out_std): the output scale at init equals a dense SwiGLU
+        of hidden k*d_ff whatever G, and so does the relative size of an optimizer step (Adam
+        moves each weight by about lr whatever its scale). `scaled_weights` draws the
+        down-projection N(0, out_std * k*G) instead: the same output at init, but its relative
+        update shrinks like 1/G, so fine-grained layers learn slower. `fan_in` draws every
+        expert weight with the std of its dense-equivalent fan-in (1/sqrt(d_model) in,
+        1/sqrt(k*d_ff) out, depth-scaled like out_std), without multiplier."""
+        k, cfg = self.cfg.active_experts, self.cfg
         nn.init.normal_(self.router.weight, std=std)
-        nn.init.normal_(self.w13_XDH, std=std)
-        nn.init.normal_(self.w2_XFD, std=out_std * self.cfg.active_experts)
+        if cfg.expert_init == "fan_in":
+            d_model, depth = self.w13_XDH.shape[1], out_std / std
+            nn.init.normal_(self.w13_XDH, std=d_model**-0.5)
+            nn.init.normal_(self.w2_XFD, std=depth * (cfg.top_k * self.d_ff) ** -0.5)
+        else:
+            nn.init.normal_(self.w13_XDH, std=std)
+            scale = k if cfg.expert_init == "scaled_weights" else 1
+            nn.init.normal_(self.w2_XFD, std=out_std * scale)
         if self.shared is not None:
             nn.init.normal_(self.shared.w1.weight, std=std)
             nn.init.normal_(self.shared.w3.weight, std=std)
             nn.init.normal_(self.shared.w2.weight, std=out_std)
 
-    def forward(self, x_BSD: torch.Tensor) -> tuple[torch.Tensor, MoEStats]:
+    def forward(
+        self, x_BSD: torch.Tensor, prior_counts_X: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, MoEStats]:
         x_TD = x_BSD.reshape(-1, x_BSD.shape[-1])
-        logits_TX = F.linear(x_TD.float(), self.router.weight.float())
+        with torch.autocast(x_TD.device.type, enabled=False):  # router logits in float32
+            logits_TX = F.linear(x_TD.float(), self.router.weight.float())
         bias = self.expert_bias_X if self.cfg.bias_update_rate > 0 else None
-        r = route(logits_TX, self.cfg, bias)
+        r = route(logits_TX, self.cfg, bias, prior_counts_X)
+        weight_TK = r.weight_TK * self.out_scale if self.out_scale != 1.0 else r.weight_TK
         y_TD = expert_forward(
             x_TD,
             r.expert_idx_TK,
-            r.weight_TK,
+            weight_TK,
             self.w13_XDH,
             self.w2_XFD,
             backend=self.cfg.backend,

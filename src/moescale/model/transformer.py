@@ -67,11 +67,12 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.ffn = MoEFFN(cfg.d_model, cfg.d_ff, cfg.moe) if moe else SwiGLU(cfg.d_model, cfg.d_ff)
+        self.is_moe = moe
 
-    def forward(self, x, cos, sin) -> tuple[torch.Tensor, MoEStats | None]:
+    def forward(self, x, cos, sin, prior_counts=None) -> tuple[torch.Tensor, MoEStats | None]:
         x = x + self.attn(self.attn_norm(x), cos, sin)
         if isinstance(self.ffn, MoEFFN):
-            y, stats = self.ffn(self.ffn_norm(x))
+            y, stats = self.ffn(self.ffn_norm(x), prior_counts)
             return x + y, stats
         return x + self.ffn(self.ffn_norm(x)), None
 
@@ -111,14 +112,20 @@ class Transformer(nn.Module):
     def moe_layers(self) -> list[MoEFFN]:
         return [b.ffn for b in self.blocks if isinstance(b.ffn, MoEFFN)]
 
-    def forward(self, idx_BS: torch.Tensor) -> ModelOutput:
+    def forward(
+        self, idx_BS: torch.Tensor, prior_loads: list[torch.Tensor] | None = None
+    ) -> ModelOutput:
+        """Logits and the MoE layers' losses and metrics. `prior_loads` (one count vector per
+        MoE layer: the slots per expert of earlier micro-batches of this optimizer step) makes
+        the balancing losses use the step's loads (`balance_scope: step`)."""
         if idx_BS.shape[1] > self.cfg.seq_len:
             n, limit = idx_BS.shape[1], self.cfg.seq_len
             raise ValueError(f"sequence of {n} tokens is longer than model.seq_len = {limit}")
         x = self.embed(idx_BS)
         stats: list[MoEStats] = []
         for block in self.blocks:
-            x, s = block(x, self.rope_cos, self.rope_sin)
+            prior = prior_loads[len(stats)] if prior_loads and block.is_moe else None
+            x, s = block(x, self.rope_cos, self.rope_sin, prior)
             if s is not None:
                 stats.append(s)
         x = self.norm(x)

@@ -13,6 +13,7 @@ first and skips, with a warning, any that fails to load, so a damaged file costs
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ class TrainerState:
     """The trainer's own counters that a resumed run continues from."""
 
     val_loss: float | None = None
+    val_loss_se: float | None = None
+    val_bpb: float | None = None
     wall_time_s: float = 0.0
     noise: dict[str, Any] | None = None  # NoiseScaleEstimator.state_dict()
 
@@ -107,11 +110,7 @@ def capture(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": rng_state(device),
-        "trainer": {
-            "val_loss": trainer.val_loss,
-            "wall_time_s": trainer.wall_time_s,
-            "noise": trainer.noise,
-        },
+        "trainer": dataclasses.asdict(trainer),
         "config": config,
     }
 
@@ -124,5 +123,4 @@ def restore(
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
-    t = state["trainer"]
-    return TrainerState(val_loss=t["val_loss"], wall_time_s=t["wall_time_s"], noise=t["noise"])
+    return TrainerState(**state["trainer"])

@@ -89,7 +89,7 @@ def grad_sq_norm(params: list[torch.Tensor]) -> torch.Tensor:
 
 
 def forward_backward(
-    forward: Callable[[torch.Tensor], ModelOutput],
+    forward: Callable[..., ModelOutput],
     x: torch.Tensor,
     y: torch.Tensor,
     opts: StepOptions,
@@ -98,16 +98,21 @@ def forward_backward(
     """Accumulate the gradient of one optimizer step over `n_micro` consecutive slices of x.
 
     The loss of each slice is divided by n_micro, so the accumulated gradient equals that of the
-    whole batch. With `params`, also return the squared norm of the first micro-batch's gradient
-    (the small-batch estimate of the noise scale)."""
+    whole batch. With `balance_scope: step` the balancing loss of each micro-batch uses the
+    expert loads of the step's micro-batches so far, the last one seeing the whole step's
+    (Megatron-Core's global auxiliary loss under gradient accumulation); `micro_batch` uses
+    each micro-batch's own loads, so the objective then depends on micro_batch_size. With
+    `params`, also return the squared norm of the first micro-batch's gradient (the small-batch
+    estimate of the noise scale)."""
     n_micro, moe = opts.n_micro, opts.moe
+    step_balance = moe is not None and moe.balance_scope == "step"
     micro = x.shape[0] // n_micro
     zero = torch.zeros((), device=x.device)
     st = StepStats(zero.clone(), zero.clone(), zero.clone(), zero.clone())
     for i in range(n_micro):
         xs, ys = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]
         with opts.autocast():
-            out = forward(xs)
+            out = forward(xs, st.loads) if step_balance and st.loads else forward(xs)
         lm = lm_loss(out.logits, ys)
         loss = lm
         if moe is not None:
@@ -134,7 +139,7 @@ def train_step(
     y: torch.Tensor,
     opts: StepOptions,
     *,
-    forward: Callable[[torch.Tensor], ModelOutput] | None = None,
+    forward: Callable[..., ModelOutput] | None = None,
     noise: NoiseScaleEstimator | None = None,
 ) -> StepResult:
     """One optimizer step on batch (x, y); raises NonFiniteError (before the optimizer step)
@@ -150,7 +155,7 @@ def train_step(
     if not math.isfinite(grad_norm):
         raise NonFiniteError(f"non-finite gradient norm ({grad_norm})")
     if noise is not None and st.small_sq is not None:
-        noise.update(float(st.small_sq), grad_norm**2)
+        noise.update(float(st.small_sq), grad_norm**2, loss)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if st.loads:

@@ -18,6 +18,7 @@ MFU counts the exact forward+backward FLOPs per token of the active parameters
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -52,6 +53,8 @@ class TokenData(Protocol):
 
     train_tokens: np.ndarray
     val_tokens: np.ndarray
+    token_bytes: np.ndarray | None  # UTF-8 bytes behind each token id (for bits per byte)
+    tokenizer_sha256: str | None
 
 
 @dataclass
@@ -60,6 +63,8 @@ class ArrayData:
 
     train_tokens: np.ndarray
     val_tokens: np.ndarray
+    token_bytes: np.ndarray | None = None
+    tokenizer_sha256: str | None = None
 
 
 def train(cfg: Config, data: TokenData | None = None, force: bool = False) -> RunSummary:
@@ -175,6 +180,9 @@ class Trainer:
         data = data if data is not None else prepare_data(cfg.data, cfg.model.vocab_size)
         self.sampler = BatchSampler(data.train_tokens, seq, seed=t.seed)
         self.val = val_batches(data.val_tokens, seq, t.eval_tokens, micro)
+        self.eval_tokens = sum(y.numel() for _, y in self.val)
+        self.token_bytes = getattr(data, "token_bytes", None)
+        self.tokenizer_sha256 = getattr(data, "tokenizer_sha256", None)
         self.device = resolve_device(t.device)
         self.acct = count(cfg.model)
         self.peak = device_peak_flops(self.device)
@@ -186,7 +194,9 @@ class Trainer:
         self.model = build_model(cfg.model).to(self.device)
         self.optimizer = build_optimizer(self.model, t, self.device.type)
         self.noise = (
-            NoiseScaleEstimator(self.micro_tokens, self.tokens_per_step) if t.noise_scale else None
+            NoiseScaleEstimator(self.micro_tokens, self.tokens_per_step, t.noise_scale_window)
+            if t.noise_scale
+            else None
         )
         self.metrics = MetricsLog(paths.metrics)
         self.state = checkpoint.TrainerState()
@@ -225,6 +235,8 @@ class Trainer:
             n_layers=cfg.model.n_layers, seq_len=cfg.model.seq_len,
             params_total=acct.params_total, params_active=acct.params_active,
             params_embedding=acct.params_embedding, params_router=acct.params_router,
+            params_total_no_router=acct.params_total_no_router,
+            params_active_no_router=acct.params_active_no_router,
             flops_per_token=acct.flops_per_token,
             flops_per_token_simple=acct.flops_per_token_simple,
             flops_per_token_routing_aware=acct.flops_per_token_routing_aware,
@@ -233,8 +245,11 @@ class Trainer:
             steps=done_steps, tokens=tokens, flops=acct.flops_per_token * tokens,
             flops_simple=acct.flops_per_token_simple * tokens,
             flops_routing_aware=acct.flops_per_token_routing_aware * tokens,
-            val_loss=self.state.val_loss, wall_time_s=round(self.wall_time(), 3),
+            val_loss=self.state.val_loss, val_loss_se=self.state.val_loss_se,
+            val_bpb=self.state.val_bpb, eval_tokens=self.eval_tokens,
+            tokenizer_sha256=self.tokenizer_sha256, wall_time_s=round(self.wall_time(), 3),
             noise_scale=self.noise.value() if self.noise is not None else None,
+            noise_scale_loss=self.noise.loss() if self.noise is not None else None,
             out_dir=str(self.paths.dir), **extra,
         )  # fmt: skip
         s.write(self.paths)
@@ -244,19 +259,28 @@ class Trainer:
         return self.state.wall_time_s + time.perf_counter() - self.t_start
 
     def evaluate(self, step: int) -> None:
-        self.state.val_loss = evaluate(self.forward, self.val, self.device, self.opts.autocast)
+        ev = evaluate(self.forward, self.val, self.device, self.opts.autocast, self.token_bytes)
+        self.state.val_loss, self.state.val_loss_se, self.state.val_bpb = (
+            ev.loss,
+            ev.loss_se,
+            ev.bits_per_byte,
+        )
         rec = {
             Metric.STEP: step,
             Metric.TOKENS: step * self.tokens_per_step,
-            Metric.VAL_LOSS: self.state.val_loss,
+            Metric.VAL_LOSS: ev.loss,
+            Metric.VAL_LOSS_SE: ev.loss_se,
+            Metric.VAL_BPB: ev.bits_per_byte,
         }
         self.metrics.write(rec)
         self.tb.scalars(step, rec, "eval")
-        logger.info("eval  step %d/%d | val_loss %.4f", step, self.steps, self.state.val_loss)
+        bpb = f" | {ev.bits_per_byte:.4f} bits/byte" if ev.bits_per_byte is not None else ""
+        logger.info(f"eval  step {step}/{self.steps} | val_loss {ev.loss:.4f} ± {ev.loss_se:.4f}"
+                    f"{bpb} ({human(ev.tokens)} tokens)")  # fmt: skip
 
     def save_checkpoint(self, step: int) -> None:
         noise = self.noise.state_dict() if self.noise is not None else None
-        trainer = checkpoint.TrainerState(self.state.val_loss, self.wall_time(), noise)
+        trainer = dataclasses.replace(self.state, wall_time_s=self.wall_time(), noise=noise)
         state = checkpoint.capture(
             step, self.model, self.optimizer, self.device, trainer, self.cfg.to_dict()
         )
@@ -278,6 +302,7 @@ class Trainer:
         }
         if self.noise is not None:
             rec[Metric.NOISE_SCALE] = self.noise.value()
+            rec[Metric.NOISE_SCALE_LOSS] = self.noise.loss()
         self.metrics.write(rec)
         self.tb.scalars(step, rec, "train")
         logger.info(console_line(rec, self.steps, clock.eta(step, self.steps, now)))
