@@ -132,7 +132,7 @@ class DataConfig:
     corpus: str | list[str] = "bundled"  # "bundled" or paths / globs of .txt, .jsonl, .parquet
     text_field: str = "text"  # JSONL key holding the text
     text_column: str = "text"  # Parquet column holding the text
-    val_fraction: float = 0.05  # share of documents held out (user files)
+    val_fraction: float = 0.05  # share of the text held out (user files; see data/documents.py)
     cache_dir: str | None = None  # None: $MOESCALE_CACHE or ~/.cache/moescale
 
 

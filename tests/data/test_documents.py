@@ -1,10 +1,16 @@
-"""The on-disk document format and the seeded split by document."""
+"""The on-disk document format, the seeded split by document and the cut of a tail."""
 
 from __future__ import annotations
 
 import pytest
 
-from moescale.data.documents import join_documents, parse_documents, split_indices
+from moescale.data.documents import (
+    cut_tail,
+    join_documents,
+    parse_documents,
+    split_indices,
+    split_tails,
+)
 from moescale.errors import UserError
 
 
@@ -25,3 +31,28 @@ def test_split_is_seeded_deterministic_and_by_document() -> None:
     assert len(split_indices(2, 0.99)[0]) == 1
     with pytest.raises(UserError, match="1 document"):
         split_indices(1, 0.05)
+
+
+def test_cut_tail_prefers_paragraphs_then_lines_then_words() -> None:
+    paragraphs = "\n\n".join(f"Paragraph {i} " + " ".join(["word"] * 15) for i in range(10))
+    head, tail = cut_tail(paragraphs, 0.2)
+    assert tail.startswith("Paragraph 8") and head.endswith("word")
+    assert head + "\n\n" + tail == paragraphs
+    lines = "\n".join(f"line {i:03d} with some words" for i in range(100))
+    head, tail = cut_tail(lines, 0.1)
+    assert tail.startswith("line 09") and head + "\n" + tail == lines
+    one_line = " ".join(["word"] * 200)
+    head, tail = cut_tail(one_line, 0.1)
+    assert head + " " + tail == one_line and 0.05 < len(tail) / len(one_line) < 0.2
+    head, tail = cut_tail("x" * 100, 0.1)  # no break anywhere: cut at the character
+    assert (len(head), len(tail)) == (90, 10)
+    # a break far from the target (a 50 % tail) is not taken when asking for 10 %
+    head, tail = cut_tail("a" * 50 + "\n\n" + "b" * 50, 0.1)
+    assert len(tail) == 10
+
+
+def test_split_tails_keeps_uncuttable_texts_in_train() -> None:
+    train, val = split_tails(["x", "first half.\n\nsecond"], 0.3)
+    assert train == ["x", "first half."] and val == ["second"]
+    with pytest.raises(UserError, match="too short to hold out validation text"):
+        split_tails(["x", "y"], 0.1)

@@ -66,19 +66,36 @@ def test_too_short_stream_is_a_user_error() -> None:
         val_batches(_stream(5), SEQ, 100, 2)
 
 
-def test_val_batches_fixed_and_in_order() -> None:
-    tokens = _stream(1000)
+def test_val_batches_fixed_evenly_spaced_and_in_order() -> None:
+    tokens = _stream(1000)  # 111 windows
     batches = val_batches(tokens, SEQ, n_tokens=40, batch=2)  # ceil(40 / 8) = 5 windows
     assert [x.shape[0] for x, _ in batches] == [2, 2, 1]
     starts = torch.cat([x[:, 0] for x, _ in batches]).tolist()
-    assert starts == [0, 9, 18, 27, 36]
+    assert starts == [w * (SEQ + 1) for w in (0, 22, 44, 66, 88)]  # floor(i * 111 / 5)
     again = val_batches(tokens, SEQ, n_tokens=40, batch=2)
     assert all(
         torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
         for a, b in zip(batches, again, strict=True)
     )
     everything = val_batches(tokens, SEQ, n_tokens=10**9, batch=64)
-    assert sum(x.shape[0] for x, _ in everything) == n_windows(1000, SEQ)
+    starts = torch.cat([x[:, 0] for x, _ in everything])
+    assert starts.tolist() == [w * (SEQ + 1) for w in range(n_windows(1000, SEQ))]
+
+
+def test_val_batches_measure_every_validation_document() -> None:
+    """A small budget must not evaluate the first document only (on the bundled corpus the
+    first windows of the validation stream are one play)."""
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(1000 * (d + 1), 1000 * (d + 2), size=n) for d, n in
+            enumerate((3000, 1200, 2500, 1800, 2200, 1500))]  # fmt: skip
+    tokens = np.concatenate([np.append(doc, 0) for doc in docs]).astype(np.uint16)
+    budget = 16 * SEQ  # 16 windows of about 1,360 in the stream
+    batches = val_batches(tokens, SEQ, n_tokens=budget, batch=4)
+    seen = torch.cat([torch.cat([x, y], 1) for x, y in batches])
+    assert seen.shape[0] == 16
+    assert set((seen[seen > 0] // 1000 - 1).unique().tolist()) == set(range(len(docs)))
+    again = torch.cat([torch.cat([x, y], 1) for x, y in val_batches(tokens, SEQ, budget, 4)])
+    assert torch.equal(seen, again)
 
 
 def test_sequences_split_a_batch_across_ranks() -> None:

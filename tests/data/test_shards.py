@@ -1,7 +1,9 @@
-"""Token shards: caching and rebuilds, dtype choice, lossless round trip, same bytes twice."""
+"""Token shards: caching and rebuilds, dtype choice, lossless round trip, same bytes twice,
+the bytes behind each token and the tokenizer hash."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 
 from moescale.config import DataConfig
 from moescale.data import load_tokenizer, prepare_data, token_dtype
+from moescale.data.cache import sha256_file
 from moescale.data.user_files import load_user_files
 from moescale.errors import ConfigError
 
@@ -40,6 +43,33 @@ def test_shards_round_trip_and_eos(txt_dir: Path, cache: Path) -> None:
     docs = [tok.decode(list(part)) for part in np.split(ids, np.where(ids == 0)[0] + 1)[:-1]]
     assert docs == split.val  # byte-level BPE is lossless
     assert p.manifest["train"]["tokens"] == len(p.train_tokens)
+
+
+def test_token_bytes_and_tokenizer_hash(txt_dir: Path, cache: Path) -> None:
+    p = prepare_data(_cfg(txt_dir, cache), 300)
+    assert p.tokenizer_sha256 == sha256_file(p.tokenizer_path) == p.manifest["tokenizer_sha256"]
+    assert p.token_bytes is not None and p.token_bytes.shape == (300,)
+    assert p.token_bytes[p.eos_id] == 0
+    split = load_user_files([str(txt_dir)], val_fraction=0.2)
+    for tokens, docs in ((p.val_tokens, split.val), (p.train_tokens, split.train)):
+        assert p.token_bytes[np.asarray(tokens)].sum() == sum(len(d.encode()) for d in docs)
+    reused = prepare_data(_cfg(txt_dir, cache), 300)
+    assert not reused.built and reused.tokenizer_sha256 == p.tokenizer_sha256
+    assert np.array_equal(reused.token_bytes, p.token_bytes)
+    # a tokenizer that no longer matches the manifest did not write these shards: rebuild
+    p.tokenizer_path.write_text(p.tokenizer_path.read_text() + "\n")
+    assert prepare_data(_cfg(txt_dir, cache), 300).built
+
+
+def test_short_vocabulary_warns_and_shards_still_work(
+    txt_dir: Path, cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="moescale")
+    p = prepare_data(_cfg(txt_dir, cache), 1024)
+    learned = p.manifest["tokenizer_vocab"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"only {learned} of the 1,024 tokens" in warning
+    assert int(p.train_tokens.max()) < learned <= 1024 and p.token_bytes.shape == (1024,)
 
 
 def test_reused_when_unchanged_rebuilt_when_corpus_or_vocab_changes(

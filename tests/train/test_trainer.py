@@ -144,3 +144,29 @@ def test_cli_exit_code_follows_status(tmp_path: Path, monkeypatch):
         result = SimpleNamespace(status=status)
         monkeypatch.setattr(trainer_mod, "train", lambda *a, r=result, **k: r)
         assert main(["train", str(cfg)]) == code
+
+
+def test_summary_records_uncertainty_bytes_and_every_convention(tmp_path: Path, tiny_data):
+    import numpy as np
+
+    from moescale.train.trainer import ArrayData
+
+    from .conftest import VOCAB
+
+    token_bytes = np.random.default_rng(0).integers(1, 6, VOCAB)
+    data = ArrayData(tiny_data.train_tokens, tiny_data.val_tokens, token_bytes, "abc123")
+    s = train(tiny_config(tmp_path / "run", moe=True, tokens=20 * 8 * 32), data=data)
+    assert s.val_loss_se is not None and 0 < s.val_loss_se < 0.5
+    assert s.eval_tokens == 512 and s.tokenizer_sha256 == "abc123"
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
+    assert evals[-1]["val_loss_se"] == s.val_loss_se
+    # bits per byte = total nats / ln 2 / bytes of the scored target tokens
+    from moescale.data import val_batches
+
+    scored = np.concatenate([y.numpy().ravel() for _, y in val_batches(
+        tiny_data.val_tokens, 32, 512, 8)])  # fmt: skip
+    want = s.val_loss * len(scored) / math.log(2) / token_bytes[scored].sum()
+    assert s.val_bpb == pytest.approx(want, rel=1e-9)
+    assert s.params_total_no_router == s.params_total - s.params_router
+    assert s.params_active_no_router == s.params_active - s.params_router
+    assert s.flops_routing_aware == pytest.approx(s.flops_per_token_routing_aware * s.tokens)

@@ -3,7 +3,8 @@
 The sampler is a pure function of (seed, position): sequence k of the run is window
 `perm_e[k mod W]` of the W non-overlapping windows of seq_len+1 tokens, where `perm_e` is a
 seeded permutation drawn afresh for each epoch e = k // W. Resuming needs only the number of
-sequences already consumed.
+sequences already consumed. Validation batches are fixed: windows spread evenly over the
+whole validation stream (`val_batches`).
 """
 
 from __future__ import annotations
@@ -97,13 +98,24 @@ def _gather(tokens: np.ndarray, windows: np.ndarray, seq_len: int) -> tuple[Any,
 def val_batches(
     tokens: np.ndarray, seq_len: int, n_tokens: int, batch: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed validation batches: the first ceil(n_tokens / seq_len) windows, in order.
+    """Fixed validation batches: ceil(n_tokens / seq_len) windows spread evenly over the stream.
 
-    Uses every window when the validation stream is shorter than n_tokens.
+    Window i of the `count` chosen is window floor(i * W / count) of the W non-overlapping
+    windows, so every stretch of the validation stream (every held-out document of a corpus
+    that is concatenated document by document) is measured, not the first few documents only;
+    the first windows of the bundled corpus are a single play. The choice depends only on
+    (len(tokens), seq_len, n_tokens), so it is the same at every evaluation of every run, dense
+    or MoE. Uses every window when the stream is shorter than n_tokens.
     """
     w = _check_windows(tokens, seq_len, "validation")
     if batch < 1:
         raise ValueError(f"val_batches: batch must be >= 1, got {batch}")
-    count = min(w, max(1, -(-n_tokens // seq_len)))
-    ids = np.arange(count, dtype=np.int64)
-    return [_gather(tokens, ids[i : i + batch], seq_len) for i in range(0, count, batch)]
+    ids = val_window_ids(w, max(1, -(-n_tokens // seq_len)))
+    return [_gather(tokens, ids[i : i + batch], seq_len) for i in range(0, len(ids), batch)]
+
+
+def val_window_ids(windows: int, count: int) -> np.ndarray:
+    """`count` evenly spaced, increasing, distinct window ids out of `windows` (all if fewer)."""
+    if count >= windows:
+        return np.arange(windows, dtype=np.int64)
+    return np.arange(count, dtype=np.int64) * windows // count

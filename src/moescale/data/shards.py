@@ -5,6 +5,8 @@ ids: each document's tokens followed by `<|endoftext|>`. They live in
 `<cache>/tokens/<key>/` where the key hashes the corpus text, the split and the vocabulary
 size, so a changed corpus or vocabulary gets a new directory and an unchanged one is reused
 without retraining. `manifest.json` is written last: a directory without it is incomplete.
+The manifest records the sha256 of `tokenizer.json`; a directory whose tokenizer no longer
+matches it is rebuilt, since its shards were written by another tokenizer.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class PreparedData:
     built: bool = False  # True when this call trained the tokenizer and wrote the shards
     eos_id: int = 0
     vocab_size: int = field(default=0)
+    # UTF-8 bytes behind each id < vocab_size (0 for <|endoftext|>): validation bits per byte
+    token_bytes: np.ndarray | None = None
+    tokenizer_sha256: str = ""  # of tokenizer.json: runs compare only if they share it
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -74,7 +79,11 @@ def _read_manifest(directory: Path) -> dict[str, Any] | None:
         path = directory / f"{split}.bin"
         if not path.is_file() or path.stat().st_size != manifest[split]["tokens"] * itemsize:
             return None
-    if not (directory / "tokenizer.json").is_file():
+    tokenizer = directory / "tokenizer.json"
+    if not tokenizer.is_file():
+        return None
+    if manifest.get("tokenizer_sha256") not in (None, sha256_file(tokenizer)):
+        logger.warning("data: %s does not match its manifest; rebuilding the shards", tokenizer)
         return None
     return manifest
 
@@ -124,15 +133,19 @@ def prepare_split_corpus(split: SplitCorpus, vocab_size: int, root: Path) -> Pre
             built = True
             manifest = _build_shards(split, vocab_size, directory)
     dtype = np.dtype(manifest["dtype"])
+    tok_path = directory / "tokenizer.json"  # checked against the manifest above
+    tok = tok_mod.load_tokenizer(tok_path)
     prepared = PreparedData(
         train_tokens=open_shard(directory / "train.bin", dtype, manifest["train"]["tokens"]),
         val_tokens=open_shard(directory / "val.bin", dtype, manifest["val"]["tokens"]),
-        tokenizer_path=directory / "tokenizer.json",
+        tokenizer_path=tok_path,
         dir=directory,
         manifest=manifest,
         built=built,
         eos_id=int(manifest["eos_id"]),
         vocab_size=vocab_size,
+        token_bytes=tok_mod.token_byte_lengths(tok, vocab_size),
+        tokenizer_sha256=manifest.get("tokenizer_sha256") or sha256_file(tok_path),
     )
     if not built:
         logger.info(

@@ -20,9 +20,10 @@ from moescale.data.documents import (
     Document,
     SplitCorpus,
     corpus_sha,
+    describe_held_out,
     join_documents,
     parse_documents,
-    split_documents,
+    split_held_out,
 )
 from moescale.errors import UserError
 from moescale.fmt import human, plural
@@ -153,7 +154,11 @@ def load_user_files(
     text_column: str = "text",
     val_fraction: float = 0.05,
 ) -> SplitCorpus:
-    """Read the user's files, split by document with the seeded rule, hash the result."""
+    """Read the user's files, split them (`documents.split_held_out`), hash the result.
+
+    Few documents give each its last val_fraction to validation instead of holding out whole
+    ones; one INFO line says which, how many bytes and what share of the corpus.
+    """
     paths = expand_paths(patterns)
     docs: list[Document] = []
     for path in paths:
@@ -166,17 +171,13 @@ def load_user_files(
             + (", ..." if len(paths) > 5 else "")
             + "); check data.text_field / data.text_column and that the files are not empty."
         )
-    train, val = split_documents(docs, val_fraction)
-    train_texts = [d.text for d in train]
-    val_texts = [d.text for d in val]
-    sha = corpus_sha(join_documents(train_texts).encode(), join_documents(val_texts).encode())
-    n_chars = sum(len(t) for t in train_texts + val_texts)
+    held = split_held_out(docs, val_fraction)
+    sha = corpus_sha(join_documents(held.train).encode(), join_documents(held.val).encode())
     logger.info(
-        "data: %s, %s (%s characters): %d train, %d validation",
+        "data: %s, %s (%s characters); %s",
         plural(len(paths), "file"),
         plural(len(docs), "document"),
-        human(n_chars),
-        len(train),
-        len(val),
+        human(sum(len(d.text) for d in docs)),
+        describe_held_out(held, val_fraction),
     )
-    return SplitCorpus(train_texts, val_texts, sha, f"{len(paths)} user file(s)")
+    return SplitCorpus(held.train, held.val, sha, f"{len(paths)} user file(s)")
