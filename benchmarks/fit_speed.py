@@ -5,7 +5,7 @@ same with 1,000 bootstrap draws (2 worker processes), and the Epoch-compatible L
 its grid of 4,500 starts. Prints a table and the ratios; `--json OUT` writes
 {"machine": ..., "rows": [{"impl", "what", "ms", "objective", ...}]}.
 
-    python benchmarks/fit_speed.py --json benchmarks/results/fit_speed.json
+    python benchmarks/fit_speed.py --json benchmarks/results/fit_speed.json [--load N]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy
+from common import busy_load  # benchmarks/ is on sys.path when run as a script
 
 from moescale.laws import fit_law
 
@@ -65,7 +66,13 @@ def main() -> int:
         default=None,
         help="limit the Epoch grid to its best K starts (default: all 4,500)",
     )
+    ap.add_argument("--load", type=int, default=0, metavar="N", help="busy processes meanwhile")
     args = ap.parse_args()
+    with busy_load(args.load):
+        return measure(args)
+
+
+def measure(args: argparse.Namespace) -> int:
     pts = epoch_points()
     x = {"N": pts["N"], "D": pts["D"]}
     common = {"drop_outliers": 5, "holdout_frac": 0.0}
@@ -158,7 +165,7 @@ def main() -> int:
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "numpy": np.__version__,
         "scipy": scipy.__version__,
-        "note": "CPU shared with other jobs: timings are noisy",
+        "load_processes": args.load,
     }
     if args.json_out:
         out = Path(args.json_out)

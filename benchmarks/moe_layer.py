@@ -10,6 +10,7 @@ ratios are meaningful even on a noisy machine. Peers:
 - `dense`: a SwiGLU FFN of hidden k*d_ff: the same active FLOPs, the practical speed limit.
 
     python benchmarks/moe_layer.py [--json OUT] [--granularity 1 2 4 8] [--repeats 5]
+        [--load N] [--threads N]   # N busy processes during the measurement; torch threads
     python benchmarks/moe_layer.py --device cuda --dtype bf16 --d-model 2048 --d-ff 8192 \
         --tokens 32768 --granularity 1 8     # adds TFLOP/s vs a plain matmul of equal FLOPs
 """
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from common import add_machine_flags, apply_threads, busy_load, machine_info  # noqa: E402
 
 from moescale.config import MoEConfig  # noqa: E402
 from moescale.model.moe import MoEFFN, SwiGLU  # noqa: E402
@@ -143,7 +144,23 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--no-reference", action="store_true", help="skip the slow reference loop")
     ap.add_argument("--json", help="write the rows here")
+    add_machine_flags(ap)
     args = ap.parse_args()
+    threads_source = apply_threads(args)
+    with busy_load(args.load):
+        rows, default_impl = run_all(args)
+    summarize(rows, args)
+    if args.json:
+        machine = machine_info(args, threads_source)
+        machine.update(device=args.device, hf_default_impl=default_impl)
+        if args.device.startswith("cuda"):
+            machine["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+        print(f"wrote {args.json}")
+
+
+def run_all(args: argparse.Namespace) -> tuple[list[dict], str | None]:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -153,7 +170,8 @@ def main() -> None:
     header = f"{'G':>3} {'impl':<12} {'ms':>9} {'vs grouped':>11}  note"
     print(
         f"MoE layer fwd+bwd: d_model {d}, d_ff {ff}, E {args.experts}, k {k}, "
-        f"{args.tokens} tokens, {args.dtype} on {args.device} ({torch.get_num_threads()} threads)"
+        f"{args.tokens} tokens, {args.dtype} on {args.device} ({torch.get_num_threads()} threads, "
+        f"{args.load} busy processes)"
     )
     print(header)
     print("-" * len(header))
@@ -237,6 +255,10 @@ def main() -> None:
                 f"{peak:.1f} TFLOP/s ({tf / peak:.0%})"
             )
     print()
+    return rows, default_impl
+
+
+def summarize(rows: list[dict], args: argparse.Namespace) -> None:
     for g in args.granularity:
         by = {r["impl"]: r.get("ms") for r in rows if r["granularity"] == g and "ms" in r}
         parts = [f"G={g}:"]
@@ -246,21 +268,6 @@ def main() -> None:
             parts.append(f"hf_fastest/grouped {by['hf_fastest'] / by['grouped']:.2f}x")
         parts.append(f"dense/grouped {by['dense'] / by['grouped']:.2f}")
         print("  ".join(parts))
-    if args.json:
-        machine = {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "device": args.device,
-            "hf_default_impl": default_impl,
-        }
-        if args.device.startswith("cuda"):
-            machine["gpu"] = torch.cuda.get_device_name(device)
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ d_ff/8 (G = 8); the dense model's FFN has hidden k*d_ff. Each full optimizer ste
 backward over the whole batch, gradient clipping, AdamW, router-bias update) is the trainer's
 own `moescale.train.step.train_step`. The implementations run interleaved, round by
 round, so a noisy machine slows all of them alike; the median step time is reported. MFU =
-exact active FLOPs per token x tokens/s / measured peak (large float32 matmul on CPU).
+exact active FLOPs per token x tokens/s / the trainer's peak (a quiet measurement of a large
+matmul, cached per machine; see moescale.train.device.device_peak_flops).
 
     python benchmarks/train_step.py [--json OUT] [--repeats 5] [--batch 16] [--seq-len 256]
+        [--load N] [--threads N]   # N busy processes during the measurement; torch threads
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,10 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from common import add_machine_flags, apply_threads, busy_load, machine_info  # noqa: E402
+
 from moescale.accounting import count  # noqa: E402
 from moescale.config import ModelConfig, MoEConfig, TrainConfig  # noqa: E402
 from moescale.model import build_model  # noqa: E402
-from moescale.train.device import autocast_for, measure_peak_flops  # noqa: E402
+from moescale.train.device import autocast_for, device_peak_flops  # noqa: E402
 from moescale.train.optim import build_optimizer  # noqa: E402
 from moescale.train.step import StepOptions, train_step  # noqa: E402
 
@@ -85,25 +88,28 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    add_machine_flags(ap)
     args = ap.parse_args()
 
+    threads_source = apply_threads(args)
     device = torch.device(args.device)
-    peak = measure_peak_flops(str(device))
+    peak = device_peak_flops(device)
     cfgs = model_configs(args)
     steps = {name: make_step(cfg, args, device) for name, cfg in cfgs.items()}
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step()
     times: dict[str, list[float]] = {name: [] for name in steps}
-    load_before = os.getloadavg()
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            sync(device)
-            t = time.perf_counter()
-            step()
-            sync(device)
-            times[name].append(time.perf_counter() - t)
-    load_after = os.getloadavg()
+    with busy_load(args.load):
+        load_before = os.getloadavg()
+        for step in steps.values():
+            for _ in range(args.warmup):
+                step()
+        for _ in range(args.repeats):
+            for name, step in steps.items():
+                sync(device)
+                t = time.perf_counter()
+                step()
+                sync(device)
+                times[name].append(time.perf_counter() - t)
+        load_after = os.getloadavg()
 
     tokens = args.batch * args.seq_len
     rows = []
@@ -118,7 +124,7 @@ def main() -> None:
             "ms": sec * 1e3,
             "ms_all": [round(t * 1e3, 2) for t in times[name]],
             "tokens_per_s_best": tokens / min(times[name]),  # least disturbed by other load
-            "mfu": acct.flops_per_token * tok_s / peak,
+            "mfu": acct.flops_per_token * tok_s / peak.flops,
             "flops_per_token": acct.flops_per_token,
             "params_total": acct.params_total,
             "params_active": acct.params_active,
@@ -133,20 +139,18 @@ def main() -> None:
         r["vs_g1"] = r["tokens_per_s"] / by["moe_g1"]["tokens_per_s"]
         r["vs_dense"] = r["tokens_per_s"] / by["dense"]["tokens_per_s"]
 
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+    machine = machine_info(args, threads_source)
+    machine.update({
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "peak_flops": peak,
+        "peak_flops": peak.flops,
+        "peak_source": peak.source,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
-    }
-    print(f"device {machine['device']}, {machine['threads']} threads, measured peak "
-          f"{peak / 1e9:.1f} GFLOP/s, load average {load_before[0]:.1f} -> {load_after[0]:.1f}; "
-          f"batch {args.batch} x seq {args.seq_len}, median of {args.repeats} steps")  # fmt: skip
+    })  # fmt: skip
+    print(f"device {machine['device']}, {machine['threads']} threads, {args.load} busy processes, "
+          f"peak {peak.flops / 1e9:.1f} GFLOP/s ({peak.source}), load average "
+          f"{load_before[0]:.1f} -> {load_after[0]:.1f}; batch {args.batch} x seq {args.seq_len}, "
+          f"median of {args.repeats} steps")  # fmt: skip
     print(f"{'impl':<8} {'params':>8} {'active':>8} {'ms/step':>9} {'tok/s':>9} {'MFU':>6} "
           f"{'vs G1':>6} {'vs dense':>8}")  # fmt: skip
     for r in rows:

@@ -122,6 +122,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     out_dir: str | None = None  # None: runs/<config file stem>
     device: DeviceKind = "auto"
+    threads: int = 0  # intra-op CPU threads; 0: chosen from the free cores (train/device.py)
     compile: bool = False
     noise_scale: bool = False  # estimate the gradient noise scale (needs accumulation > 1)
     noise_scale_window: int = 100  # steps the noise-scale estimate averages over
@@ -346,6 +347,8 @@ def validate_train(t: TrainConfig) -> None:
     _positive("train.eps", t.eps)
     if t.weight_decay < 0 or t.grad_clip < 0:
         raise ConfigError("train.weight_decay / train.grad_clip: must be >= 0.")
+    if t.threads < 0:
+        raise ConfigError(f"train.threads: got {t.threads}, must be >= 0 (0: automatic).")
     if t.seed < 0:
         raise ConfigError(f"train.seed: got {t.seed}, must be >= 0.")
 

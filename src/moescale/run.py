@@ -31,6 +31,7 @@ from moescale.atomic import atomic_write_json
 from moescale.errors import UserError
 
 STATUSES = ("running", "done", "failed", "interrupted")
+RUN_INDEPENDENT = frozenset({"train.out_dir", "train.threads"})
 
 
 class Col:
@@ -155,6 +156,9 @@ class RunSummary:
     noise_scale_loss: float | None = None  # mean training loss over those steps
     noise_scale_unit: str = "tokens"
     out_dir: str = ""
+    threads: int = 0  # intra-op threads the run used (CPU)
+    peak_flops: float = 0.0  # the denominator of MFU
+    peak_source: str = ""  # where peak_flops comes from (datasheet, quiet measurement, ...)
     failed_step: int | None = None  # the step at which a failed run stopped
     reason: str | None = None  # why it failed
     last_checkpoint: int | None = None
@@ -263,13 +267,13 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """'key: old -> new' for every dotted key whose value differs, train.out_dir excluded (the
-    directory is the run, wherever it was named from)."""
+    """'key: old -> new' for every dotted key whose value differs, except the keys that do not
+    define the run (RUN_INDEPENDENT: where it lives, how many threads it uses)."""
     a, b = flatten(saved), flatten(current)
     return [
         f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
         for k in sorted(set(a) | set(b))
-        if k != "train.out_dir" and not _same(a.get(k), b.get(k))
+        if k not in RUN_INDEPENDENT and not _same(a.get(k), b.get(k))
     ]
 
 

@@ -46,7 +46,7 @@ def tiny_config(out_dir: Path, moe: bool = False, **train: Any) -> Config:
     t: dict[str, Any] = {
         "tokens": 40 * 8 * 32, "batch_size": 8, "lr": 3e-3, "warmup_frac": 0.05,
         "log_every": 1, "eval_every": 20, "eval_tokens": 512, "checkpoint_every": 10,
-        "out_dir": str(out_dir),
+        "out_dir": str(out_dir), "threads": 1,
     }  # fmt: skip
     t.update(train)
     return config_from_dict({"model": model, "train": t})

@@ -26,7 +26,7 @@ model: {{d_model: 32, n_layers: 2, n_heads: 2, d_ff: 64, vocab_size: 300, seq_le
         moe: {{experts: 4, top_k: 1, granularity: 2}}}}
 train: {{tokens: {tokens}, batch_size: 8, micro_batch_size: 4, lr: 0.003, log_every: 1,
         eval_every: 25, eval_tokens: 256, checkpoint_every: 10, keep_checkpoints: 2,
-        noise_scale: true}}
+        noise_scale: true, threads: 1}}
 data: {{corpus: {corpus}, val_fraction: 0.1, cache_dir: {cache}}}
 """
 STEPS = 100

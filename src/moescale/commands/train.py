@@ -20,11 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="start over even if done or the config changed"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="intra-op CPU threads (same as --set train.threads=N; default: from the free cores)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from moescale.config import load_config
     from moescale.train import train
 
-    summary = train(load_config(args.config, args.overrides), force=args.force)
+    overrides = args.overrides + ([f"train.threads={args.threads}"] if args.threads else [])
+    summary = train(load_config(args.config, overrides), force=args.force)
     return 0 if summary.status == "done" else 1

@@ -1,4 +1,4 @@
-"""Where and in what precision a run computes: device, autocast, RNG state, peak FLOP/s.
+"""Where and in what precision a run computes: device, threads, autocast, RNG state, peak FLOP/s.
 
 One place for what depends on the hardware, so the trainer, the benchmarks and (later) the
 data/expert-parallel wrappers agree on it. RNG states are captured as tensors and plain Python
@@ -8,16 +8,24 @@ values, so a checkpoint holding them loads with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import math
 import os
+import platform
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from moescale.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 Autocast = Callable[[], contextlib.AbstractContextManager]
 
@@ -41,6 +49,66 @@ def autocast_for(device: torch.device) -> Autocast:
         return contextlib.nullcontext()
 
     return autocast
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (containers,
+    Slurm), not the machine's core count."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    threads: int
+    reason: str
+
+
+def choose_threads(
+    setting: int = 0, workers: int | None = None, extra_busy: float = 0.0
+) -> ThreadChoice:
+    """Intra-op threads for this process. `setting` > 0 is taken as it is; 0 (auto) shares the
+    available cores between the `workers` processes of a study ($MOESCALE_WORKERS, default 1)
+    and leaves out cores that other processes keep busy (the 1-minute load average, read before
+    this process starts computing, plus `extra_busy` processes known to start with it).
+
+    Why not simply all cores: the fine-grained expert loop is many small matmuls, each an OpenMP
+    parallel region, and when one of its threads is descheduled by another process every region
+    waits for it; on a 2-core machine with one busy process a G 8 layer ran 4x slower with 2
+    threads than with 1, while a dense layer barely changed."""
+    if setting > 0:
+        return ThreadChoice(setting, "train.threads")
+    cores = available_cores()
+    workers = workers or int(os.environ.get("MOESCALE_WORKERS", "1") or 1)
+    share = max(1, cores // max(1, workers))
+    try:
+        busy = os.getloadavg()[0] + extra_busy
+    except (AttributeError, OSError):
+        busy = extra_busy
+    free = max(1, min(share, cores - round(busy / max(1, workers))))
+    reason = f"{cores} cores available, {workers} worker(s), load average {busy:.1f}"
+    return ThreadChoice(free, reason)
+
+
+def set_threads(setting: int = 0) -> ThreadChoice:
+    """Apply `choose_threads` to torch (intra-op) and log the choice and why."""
+    choice = choose_threads(setting)
+    torch.set_num_threads(choice.threads)
+    logger.info("threads: %d (%s)", choice.threads, choice.reason)
+    return choice
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,20 +179,87 @@ def measure_peak_flops(device: str = "cpu", size: int = 2048, repeats: int = 5) 
     return 2 * size**3 / best
 
 
-_PEAK_CACHE: dict[str, float] = {}
+# Dense bf16 tensor-core peaks from the vendors' datasheets (no sparsity), by device name.
+DATASHEET_BF16 = {"H100 SXM": 989.4e12, "H100 PCIe": 756.5e12, "H100": 989.4e12,
+                  "H200": 989.4e12, "A100": 312e12}  # fmt: skip
+QUIET_LOAD = 0.5  # a CPU peak is cached only when measured with less load than this
 
 
-def device_peak_flops(device: torch.device) -> float:
-    """Measured peak FLOP/s, once per process; $MOESCALE_PEAK_FLOPS overrides the measurement.
+@dataclass(frozen=True)
+class Peak:
+    flops: float  # FLOP/s, the denominator of MFU
+    source: str  # where the number comes from, so MFU can be read for what it is
 
-    The measurement draws random matrices, so it runs under a forked RNG: it must not shift the
-    model's initialisation."""
+
+_PEAK_CACHE: dict[str, Peak] = {}
+
+
+def _machine_key(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}|torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{platform.node()}|{cpu}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+def _peak_file() -> Path:
+    from moescale.data.cache import cache_root
+
+    return cache_root() / "peak_flops.json"
+
+
+def _read_cached(key: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(_peak_file().read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _write_cached(key: str, flops: float) -> None:
+    from moescale.atomic import atomic_write_json
+
+    try:
+        table = json.loads(_peak_file().read_text())
+    except (OSError, ValueError):
+        table = {}
+    table[key] = {"flops": flops, "measured": time.strftime("%Y-%m-%d %H:%M")}
+    try:
+        atomic_write_json(_peak_file(), table)
+    except OSError as exc:
+        logger.warning("cannot cache the peak FLOP/s in %s (%s)", _peak_file(), exc)
+
+
+def _measure(device: torch.device) -> Peak:
+    """Measure now; on a quiet CPU cache the result for this machine and thread count."""
+    key = _machine_key(device)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # must not shift the model's initialisation
+        flops = measure_peak_flops(str(device))
+    if device.type == "cuda" or load < QUIET_LOAD:
+        _write_cached(key, flops)
+        return Peak(flops, f"measured now, large matmul ({key})")
+    return Peak(flops, f"measured now under load average {load:.1f}: MFU is overstated")
+
+
+def device_peak_flops(device: torch.device) -> Peak:
+    """The peak that MFU divides by, and its source, once per process: $MOESCALE_PEAK_FLOPS;
+    else the datasheet's dense bf16 peak of a known GPU; else a quiet measurement of a large
+    matmul cached per machine and thread count (a peak measured on a busy machine is low, which
+    made the same model read 74-89 % MFU loaded and 30 % quiet); else a measurement now."""
     env = os.environ.get("MOESCALE_PEAK_FLOPS")
     if env:
-        return float(env)
-    key = str(device)
-    if key not in _PEAK_CACHE:
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            _PEAK_CACHE[key] = measure_peak_flops(key)
+        return Peak(float(env), "$MOESCALE_PEAK_FLOPS")
+    key = _machine_key(device)
+    if key in _PEAK_CACHE:
+        return _PEAK_CACHE[key]
+    peak = None
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        match = next((k for k in DATASHEET_BF16 if k in name), None)
+        if match:
+            peak = Peak(DATASHEET_BF16[match], f"datasheet dense bf16 peak of {match}")
+    cached = None if peak else _read_cached(key)
+    if cached:
+        peak = Peak(float(cached["flops"]), f"quiet measurement of {cached['measured']} ({key})")
+    _PEAK_CACHE[key] = peak or _measure(device)
     return _PEAK_CACHE[key]

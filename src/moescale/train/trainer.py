@@ -12,8 +12,9 @@ model, the optimizer, the step and every RNG state. Resuming from step s therefo
 s+1... bit for bit on the same machine and thread count (CPU float32).
 
 MFU counts the exact forward+backward FLOPs per token of the active parameters
-(moescale.accounting.count) against the measured peak of the device
-(moescale.train.device.device_peak_flops, or $MOESCALE_PEAK_FLOPS to skip the measurement).
+(moescale.accounting.count) against the device's peak (moescale.train.device.device_peak_flops:
+a GPU's datasheet, a quiet CPU measurement cached per machine, or $MOESCALE_PEAK_FLOPS); the
+summary says which. Intra-op threads follow `train.threads` (0: chosen from the free cores).
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ from moescale.fmt import duration, human
 from moescale.model import build_model
 from moescale.run import Metric, RunPaths, RunSummary, config_diff, read_summary_or_none
 from moescale.train import checkpoint
-from moescale.train.device import autocast_for, device_peak_flops, resolve_device, seed_everything
+from moescale.train.device import (
+    autocast_for,
+    device_peak_flops,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
 from moescale.train.evaluate import evaluate
 from moescale.train.metrics import MetricsLog, TensorBoard, console_line
 from moescale.train.noise_scale import NoiseScaleEstimator
@@ -184,8 +191,10 @@ class Trainer:
         self.token_bytes = getattr(data, "token_bytes", None)
         self.tokenizer_sha256 = getattr(data, "tokenizer_sha256", None)
         self.device = resolve_device(t.device)
+        self.threads = set_threads(t.threads).threads
         self.acct = count(cfg.model)
         self.peak = device_peak_flops(self.device)
+        self.best_rate, self.slow_warned = 0.0, False
         self.tokens_per_step = t.batch_size * seq
         self.micro_tokens = micro * seq
         self.opts = StepOptions(n_micro, t.grad_clip, cfg.model.moe, autocast_for(self.device))
@@ -250,7 +259,8 @@ class Trainer:
             tokenizer_sha256=self.tokenizer_sha256, wall_time_s=round(self.wall_time(), 3),
             noise_scale=self.noise.value() if self.noise is not None else None,
             noise_scale_loss=self.noise.loss() if self.noise is not None else None,
-            out_dir=str(self.paths.dir), **extra,
+            out_dir=str(self.paths.dir), threads=self.threads, peak_flops=self.peak.flops,
+            peak_source=self.peak.source, **extra,
         )  # fmt: skip
         s.write(self.paths)
         return s
@@ -297,7 +307,7 @@ class Trainer:
             Metric.LR: lr,
             Metric.GRAD_NORM: res.grad_norm,
             Metric.TOKENS_PER_S: tok_s,
-            Metric.MFU: self.acct.flops_per_token * tok_s / self.peak,
+            Metric.MFU: self.acct.flops_per_token * tok_s / self.peak.flops,
             **res.moe_metrics(),
         }
         if self.noise is not None:
@@ -306,6 +316,19 @@ class Trainer:
         self.metrics.write(rec)
         self.tb.scalars(step, rec, "train")
         logger.info(console_line(rec, self.steps, clock.eta(step, self.steps, now)))
+        self.check_throughput(tok_s)
+
+    def check_throughput(self, tok_s: float) -> None:
+        """Warn once when throughput falls far below this run's own best: something else is
+        competing for the cores (the ETA stays honest; the user may want to act)."""
+        if tok_s < 0.5 * self.best_rate and not self.slow_warned:
+            self.slow_warned = True
+            logger.warning(
+                f"throughput fell to {human(tok_s)} tokens/s, {tok_s / self.best_rate:.0%} of "
+                f"this run's best ({human(self.best_rate)}): other processes are competing for "
+                f"the cores. Free them, or set train.threads (now {self.threads})."
+            )
+        self.best_rate = max(self.best_rate, tok_s)
 
     # ---- the loop
 
@@ -365,7 +388,8 @@ class Trainer:
             f"{human(acct.flops_per_token)} FLOP/token; {self.steps} steps x {t.batch_size} x "
             f"{cfg.model.seq_len} = {human(self.steps * self.tokens_per_step)} tokens"
             + (f" ({n_micro} micro-batches of {micro})" if n_micro > 1 else "")
-            + f"; {self.device.type}, peak {human(self.peak)}FLOP/s -> {self.paths.dir}"
+            + f"; {self.device.type}, {self.threads} threads, peak {human(self.peak.flops)}FLOP/s "
+            f"({self.peak.source}) -> {self.paths.dir}"
         )
         epochs = self.sampler.epoch_of(self.steps * t.batch_size)
         if epochs > 1:

@@ -1,0 +1,73 @@
+"""What every benchmark shares: a reproducible background load, the thread policy, and the
+machine description written beside the rows.
+
+`--load N` starts N busy processes (pure Python loops, one core each) for the duration of the
+measurement, so "a machine where something else runs" is a figure anyone can reproduce.
+`--threads N` fixes torch's intra-op threads; the default (0) applies moescale's own policy
+(`moescale.train.device.choose_threads`) with the N busy processes counted as load, i.e. what a
+training run started on that machine would use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import os
+import platform
+from collections.abc import Iterator
+
+import torch
+
+from moescale.train.device import available_cores, choose_threads
+
+
+def add_machine_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--load", type=int, default=0, metavar="N", help="busy processes while measuring"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, metavar="N", help="torch threads (0: moescale's policy)"
+    )
+
+
+def _spin() -> None:
+    x = 0
+    while True:
+        x = (x * 1103515245 + 12345) % 2147483648
+
+
+@contextlib.contextmanager
+def busy_load(n: int) -> Iterator[None]:
+    """N processes that keep a core each busy until the block ends."""
+    procs = [mp.get_context("spawn").Process(target=_spin, daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join()
+
+
+def apply_threads(args: argparse.Namespace) -> str:
+    """Set torch's threads from --threads, or from the policy counting --load as busy cores
+    (the load average has not caught up with processes started a second ago)."""
+    choice = choose_threads(args.threads, workers=1, extra_busy=args.load)
+    torch.set_num_threads(choice.threads)
+    return choice.reason
+
+
+def machine_info(args: argparse.Namespace, threads_source: str) -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "available_cores": available_cores(),
+        "threads": torch.get_num_threads(),
+        "threads_source": threads_source,
+        "torch": torch.__version__,
+        "load_processes": args.load,
+    }

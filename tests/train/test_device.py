@@ -1,0 +1,67 @@
+"""Threads from the free cores, a peak FLOP/s that says where it comes from, and the RNG state
+that checkpoints carry."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from moescale.train import device as dev
+from moescale.train.trainer import Trainer
+
+
+def test_threads_follow_setting_workers_and_load(monkeypatch):
+    monkeypatch.setattr(dev, "available_cores", lambda: 8)
+    monkeypatch.setattr(dev.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert dev.choose_threads(3).threads == 3
+    assert dev.choose_threads(0, workers=1).threads == 8
+    assert dev.choose_threads(0, workers=4).threads == 2
+    monkeypatch.setattr(dev.os, "getloadavg", lambda: (6.2, 0.0, 0.0))  # 6 cores busy elsewhere
+    choice = dev.choose_threads(0, workers=1)
+    assert choice.threads == 2 and "load average 6.2" in choice.reason
+    monkeypatch.setattr(dev.os, "getloadavg", lambda: (20.0, 0.0, 0.0))
+    assert dev.choose_threads(0).threads == 1
+
+
+def test_peak_is_cached_only_when_measured_quiet(monkeypatch, tmp_path):
+    monkeypatch.delenv("MOESCALE_PEAK_FLOPS", raising=False)
+    monkeypatch.setenv("MOESCALE_CACHE", str(tmp_path))
+    monkeypatch.setattr(dev, "_PEAK_CACHE", {})
+    monkeypatch.setattr(dev, "measure_peak_flops", lambda device: 1.5e11)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev.os, "getloadavg", lambda: (3.0, 0.0, 0.0))
+    busy = dev.device_peak_flops(cpu)
+    assert busy.flops == 1.5e11 and "under load" in busy.source
+    assert not (tmp_path / "peak_flops.json").exists()
+    monkeypatch.setattr(dev, "_PEAK_CACHE", {})
+    monkeypatch.setattr(dev.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert "measured now" in dev.device_peak_flops(cpu).source
+    monkeypatch.setattr(dev, "_PEAK_CACHE", {})
+    monkeypatch.setattr(dev, "measure_peak_flops", lambda device: pytest.fail("re-measured"))
+    cached = dev.device_peak_flops(cpu)
+    assert cached.flops == 1.5e11 and cached.source.startswith("quiet measurement of")
+    monkeypatch.setenv("MOESCALE_PEAK_FLOPS", "7e10")
+    assert dev.device_peak_flops(cpu) == dev.Peak(7e10, "$MOESCALE_PEAK_FLOPS")
+
+
+def test_rng_state_is_plain_and_round_trips(tmp_path):
+    state = dev.rng_state(torch.device("cpu"))
+    torch.save(state, tmp_path / "rng.pt")
+    loaded = torch.load(tmp_path / "rng.pt", weights_only=True)
+    want = (torch.rand(3), np.random.rand(3), random.random())
+    dev.set_rng_state(loaded)
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and got[2] == want[2]
+
+
+def test_slow_throughput_warns_once(caplog):
+    fake = SimpleNamespace(best_rate=0.0, slow_warned=False, threads=2)
+    with caplog.at_level("WARNING", logger="moescale"):
+        for rate in (1000.0, 1100.0, 300.0, 200.0):
+            Trainer.check_throughput(fake, rate)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "27%" in warnings[0] and "train.threads" in warnings[0]
