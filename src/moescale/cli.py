@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "train": "train one model from a config",
     "fit": "fit a scaling law to a results table",
     "plan": "compute-optimal allocation from a fitted law",
+    "hyper": "optimal batch size and learning rate per architecture",
 }
 
 

@@ -226,16 +226,81 @@ def test_plan_takes_fit_not_law(results_csv: Path, tmp_path: Path, capsys) -> No
     assert "unrecognized arguments: --law" in capsys.readouterr().err
 
 
-def test_plan_krajewski_searches_granularity(tmp_path: Path, capsys) -> None:
-    """A hand-written fit (law and params only) is enough for a plan."""
-    from tests.laws.test_allocate import KRAJEWSKI_MOE, KRAJEWSKI_ROWS
+# ---------- fit: warnings and --strict, IsoFLOP profiles, row selection, flags ----------
+def test_strict_exits_3_after_writing_the_json(tmp_path: Path, capsys) -> None:
+    rows = [{"params_active": n, "tokens": 20 * n, "val_loss": 1.0 + 2000 / n**0.5 + 900 / n**0.4}
+            for n in np.logspace(6, 9, 15)]  # fmt: skip
+    path = write_table(tmp_path / "collinear.csv", rows)
+    out = tmp_path / "fit.json"
+    argv = ["fit", str(path), "--bootstrap", "0", "--json", str(out)]
+    assert run_cli(argv) == 0
+    assert "collinear" in {w["code"] for w in json.loads(out.read_text())["warnings"]}
+    out.unlink()
+    capsys.readouterr()
+    assert run_cli([*argv, "--strict"]) == 3
+    assert out.exists() and "--strict" in capsys.readouterr().err
+    printed = run_cli(["fit", str(path), "--bootstrap", "0"])
+    assert printed == 0 and "unidentified" in capsys.readouterr().out
 
-    size, tokens, g, flops, loss = KRAJEWSKI_ROWS[2]
-    fit = tmp_path / "paper.json"
-    fit.write_text(json.dumps({"law": "krajewski", "params": KRAJEWSKI_MOE}))
-    assert run_cli(["plan", "--budget", str(flops), "--fit", str(fit), "--json"]) == 0
-    plan = json.loads(capsys.readouterr().out)
-    assert plan["granularity"] == g and plan["loss"] == pytest.approx(loss, abs=0.03)
-    assert plan["flops"] == "routing_aware_krajewski" and plan["experts"] == 64
-    err = error_of(["plan", "--budget", "1e21", "--fit", str(fit), "--compare", str(fit)], capsys)
-    assert "needs a value for G (--granularity)" in err
+
+def test_isoflop_method_writes_isoflop_json(tmp_path: Path, capsys) -> None:
+    rows = []
+    for c in (1e17, 1e18, 1e19, 1e20):
+        for f in np.geomspace(0.3, 3, 6):
+            n = 0.1 * c**0.5 * f
+            d = c / (6 * n)
+            loss = 1.7 + 400 / n**0.34 + 410 / d**0.28
+            rows.append({"params_active": n, "tokens": d, "flops": c, "val_loss": loss})
+    path = write_table(tmp_path / "iso.csv", rows)
+    out = tmp_path / "iso.json"
+    argv = ["fit", str(path), "--method", "isoflop", "--bootstrap", "20", "--json", str(out)]
+    assert run_cli(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["method"] == "isoflop" and len(data["budgets"]) == 4
+    assert data["flops_convention"] == "N, D, C from the table"
+    assert "IsoFLOP profiles" in capsys.readouterr().out
+    from moescale.laws import IsoFLOPResult, read_any_fit
+
+    assert isinstance(read_any_fit(out, "--fit"), IsoFLOPResult)
+    err = error_of(["fit", str(path), "--method", "isoflop", "--law", "wang"], capsys)
+    assert "leave out --law" in err
+    err = error_of(["fit", str(path), "--budgets", "1e17,x"], capsys)
+    assert "--budgets and --budget-col group runs for --method isoflop" in err
+
+
+def test_row_selection_flags(results_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "f.json"
+    argv = ["fit", str(results_csv), "--bootstrap", "0", "--json", str(out)]
+    argv += ["--where", "tokens >= 1e9 and arch == 'dense'", "--best-of", "loss"]
+    argv += ["--group-by", "N,D", "--transform", "loss=val_loss * 1"]
+    argv += ["--huber-delta", "0.01", "--loss", "huber"]
+    assert run_cli(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["n_points"] == 18 and data["huber_delta"] == 0.01
+    assert data["selection"]["group_by"] == ["N", "D"] and data["columns"]["loss"] == "loss"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--workers", "0"], "--workers must be >= 1, got 0"),
+        (["--huber-delta", "0"], "--huber-delta must be a positive number"),
+        (["--method", "isoflop", "--budget-tol", "0"], "--budget-tol must be a positive"),
+        (["--where", "import os"], "--where 'import os' is not a valid expression"),
+        (["--group-by", "N"], "add --best-of COLUMN"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(results_csv: Path, capsys, flags, message) -> None:
+    err = error_of(["fit", str(results_csv), "--bootstrap", "0", *flags], capsys)
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_json_to_stdout_stays_alone_with_log_lines(results_csv: Path) -> None:
+    argv = ["fit", str(results_csv), "--bootstrap", "20", "--where", "tokens > 0", "--json"]
+    r = subprocess.run(
+        [sys.executable, "-m", "moescale.cli", *argv], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bootstrap_requested"] == 20
+    assert "bootstrap: 20 draws" in r.stderr and "--where" in r.stderr

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from moescale.errors import UserError
 from moescale.laws import (
     allocate,
     budget_for_loss,
@@ -109,3 +110,48 @@ def test_compare_data_efficiency() -> None:
     same = compare("chinchilla", dense, "chinchilla", dense, 1e21)
     assert same.data_efficiency == pytest.approx(0.0, abs=1e-6)
     assert same.loss_gap == pytest.approx(0.0, abs=1e-12)
+
+
+WANG = {"A": 477.8, "B": 2143.0, "alpha": 0.35, "beta": 0.37, "gamma": 0.1, "sigma": 1.8}
+
+
+def test_compare_closed_forms_for_one_wang_fit() -> None:
+    """docs/science.md: for wang, compute multiplier E^(γ/α) and data efficiency
+    (1 + (β/α)(1 − E^−γ))^(1/β) − 1 at every budget; each quantity carries its definition."""
+    p, e = WANG, 64.0
+    for budget in (1e19, 1e23):
+        cmp = compare("wang", p, "wang", p, budget, moe_extras={"E": e}, dense_extras={"E": 1.0})
+        assert cmp.compute_ratio == pytest.approx(e ** (p["gamma"] / p["alpha"]), rel=1e-6)
+        want = (1 + p["beta"] / p["alpha"] * (1 - e ** -p["gamma"])) ** (1 / p["beta"]) - 1
+        assert cmp.data_efficiency == pytest.approx(want, rel=1e-6)
+        assert cmp.token_ratio == pytest.approx(1 + want, rel=1e-6)
+    data = cmp.to_json()
+    assert set(data["definitions"]) == {
+        "loss_gap",
+        "compute_ratio",
+        "token_ratio",
+        "data_efficiency",
+    }
+    assert "compute multiplier" in data["definitions"]["compute_ratio"]
+
+
+def test_zero_exponent_or_coefficient_never_divides_by_zero() -> None:
+    bad = [dict(CHIN, beta=0.0), dict(CHIN, B=0.0), dict(CHIN, alpha=0.0, beta=0.0)]
+    a = allocate("chinchilla", CHIN, 1e21, samples=[CHIN, *bad])
+    assert a.degenerate == 3 and a.intervals["loss"][0] == pytest.approx(a.loss)
+    for p in bad:
+        with pytest.raises(UserError, match="no compute-optimal model"):
+            allocate("chinchilla", p, 1e21)
+    with pytest.raises(UserError, match="--k"):
+        allocate("chinchilla", CHIN, 1e21, k=0.0)
+    cmp = compare("chinchilla", CHIN, "chinchilla", CHIN, 1e21, moe_samples=[CHIN, *bad],
+                  dense_samples=[CHIN] * 4)  # fmt: skip
+    assert cmp.degenerate == 3 and cmp.draws == 4
+
+
+def test_compare_pairs_draws_with_the_other_fits_values() -> None:
+    samples = [dict(CHIN, A=CHIN["A"] * f) for f in (0.9, 1.0, 1.1)]
+    cmp = compare("chinchilla", CHIN, "chinchilla", CHIN, 1e21, moe_samples=samples)
+    assert cmp.draws == 3 and "dense at its fitted values" in cmp.pairing
+    lo, hi = cmp.intervals["loss_gap"]
+    assert lo < 0 < hi

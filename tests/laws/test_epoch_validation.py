@@ -101,3 +101,31 @@ def test_bootstrap_intervals_match_epoch(epoch_240: dict[str, np.ndarray]) -> No
     assert abs(lo - 0.331) < 0.015 and abs(hi - 0.415) < 0.015
     share = [p["beta"] / (p["alpha"] + p["beta"]) for p in res.bootstrap_params]
     assert np.mean(share) == pytest.approx(0.513, abs=0.01)
+
+
+def test_huber_fit_has_no_warnings(epoch_240: dict[str, np.ndarray]) -> None:
+    """A well-posed fit raises none of the fit-quality warnings, and records its compute."""
+    x = {"N": epoch_240["N"], "D": epoch_240["D"]}
+    res = fit_law(
+        "chinchilla", x, epoch_240["L"], loss="huber", bootstrap_draws=20, holdout_frac=0.1
+    )
+    assert res.warnings == [] and res.unidentified == []
+    assert res.compute_range == (epoch_240["C"].min(), pytest.approx(epoch_240["C"].max()))
+
+
+HOFFMANN_BUDGETS = (6e18, 1e19, 3e19, 6e19, 1e20, 3e20, 6e20, 1e21, 3e21)
+
+
+def test_isoflop_profiles_on_hoffmanns_budgets(epoch_points: dict[str, np.ndarray]) -> None:
+    """Hoffmann et al.'s nine IsoFLOP budgets (their Figure 3), runs within 20 % of one: N_opt
+    and D_opt grow about as C^0.5, as their approach 2 found (a = 0.49, b = 0.51)."""
+    from moescale.laws import fit_isoflop
+
+    p = epoch_points
+    res = fit_isoflop(p["N"], p["D"], p["C"], p["L"], budgets=HOFFMANN_BUDGETS, tol=0.2, draws=50)
+    assert len(res.budgets) == 9 and res.n_points == 165
+    assert res.params["a"] == pytest.approx(0.507, abs=0.005)
+    assert res.params["b"] == pytest.approx(0.498, abs=0.005)
+    lo, hi = res.intervals["a"]
+    assert lo < 0.49 < hi
+    assert {w["code"] for w in res.warnings} == {"runs_left_out"}

@@ -69,3 +69,31 @@ def test_hand_written_fit_is_enough() -> None:
     res = FitResult.from_json({"law": "wang", "params": params}, "paper")
     assert res.form().name == "wang" and res.inputs == ("N", "D", "E")
     assert res.bootstrap_params == [] and res.intervals == {}
+
+
+def test_diagnostics_round_trip_and_old_files(fitted: FitResult) -> None:
+    """Warnings, unidentified parameters, bootstrap counts and the compute range survive the
+    JSON; a file written before they existed still reads (as a fit with none of them)."""
+    fitted.warnings = [{"code": "few_points", "message": "29 points for 5 parameters"}]
+    fitted.unidentified = ["alpha"]
+    data = json.loads(json.dumps(fitted.to_json()))
+    assert data["compute_range"] == list(fitted.compute_range) and data["bootstrap_requested"] == 10
+    back = FitResult.from_json(data, "fit.json")
+    assert back == fitted and back.compute_range == fitted.compute_range
+    for key in (
+        "warnings",
+        "unidentified",
+        "compute_range",
+        "bootstrap_requested",
+        "bootstrap_failed",
+        "bootstrap_degenerate",
+        "sources",
+        "huber_delta",
+        "selection",
+    ):
+        del data[key]  # fmt: skip
+    old = FitResult.from_json(data, "old.json")
+    assert old.compute_range is None and old.warnings == [] and old.unidentified == []
+    assert old.bootstrap_requested == 10 and old.bootstrap_failed == 0
+    with pytest.raises(UserError, match="key 'compute_range' holds"):
+        FitResult.from_json({"law": "chinchilla", "params": CHIN, "compute_range": 3}, "fit.json")

@@ -1,14 +1,17 @@
-"""Results tables: runs of different tokenizers are never fitted together."""
+"""Results tables: runs of different tokenizers are never fitted together; the columns given
+are used as they are, and rows are derived, filtered and reduced without glue scripts."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from moescale.errors import UserError
 from moescale.laws.fit import fit_table
+from moescale.laws.table import TableOptions
 
 
 def write(path: Path, tokenizers: list[str]) -> Path:
@@ -30,3 +33,112 @@ def test_mixed_tokenizers_are_refused(tmp_path: Path):
 def test_one_tokenizer_fits(tmp_path: Path):
     table = write(tmp_path / "t.csv", ["aaaa1111"] * 16)
     assert fit_table(table, "chinchilla", bootstrap_draws=0).n_points == 16
+
+
+# ---------- inputs from real tables: the columns given, filters, best-of, transforms ----------
+def law(n, d):
+    return 1.0 + 2000 / n**0.5 + 20000 / d**0.5
+
+
+def write_rows(path: Path, rows: list[dict[str, object]]) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def sweep_rows(flops_factor: float = 6.0) -> list[dict[str, object]]:
+    rows = []
+    for a, arch in enumerate(("dense", "moe")):
+        for n in (1e6, 3e6, 1e7, 3e7, 1e8):
+            for d in (1e8, 3e8, 1e9, 3e9, 1e10):
+                for k, lr in enumerate((1e-3, 3e-3, 1e-2)):
+                    loss = law(n, d) * (1 + 0.02 * abs(k - 1)) * (1 - 0.01 * a)
+                    rows.append({"arch": arch, "lr": lr, "params_active": n, "tokens": d,
+                                 "flops": flops_factor * n * d, "val_loss": loss})  # fmt: skip
+    return rows
+
+
+def test_flops_column_is_used_when_n_and_d_exist(tmp_path: Path) -> None:
+    """C comes from the table's flops column (here 7·N·D), not from 6·N·D."""
+    path = write_rows(tmp_path / "t.csv", sweep_rows(flops_factor=7.0))
+    res = fit_table(path, bootstrap_draws=0, options=TableOptions(where="lr == 3e-3"))
+    assert res.sources == {"N": "table", "D": "table", "C": "table"}
+    assert res.flops_convention == "N, D, C from the table" and res.derived is None
+    assert res.compute_range == (pytest.approx(7 * 1e6 * 1e8), pytest.approx(7 * 1e8 * 1e10))
+
+
+def test_flops_col_does_not_overwrite_true_tokens(tmp_path: Path) -> None:
+    rows = sweep_rows()
+    for r in rows:
+        r["my_flops"] = 8 * r["params_active"] * r["tokens"]  # another FLOP convention
+        del r["flops"]
+    path = write_rows(tmp_path / "t.csv", rows)
+    opts = TableOptions(columns={"C": "my_flops"}, where="lr == 3e-3 and arch == 'dense'")
+    res = fit_table(path, bootstrap_draws=0, options=opts)
+    assert res.sources["D"] == "table" and res.columns["D"] == "tokens"
+    assert res.params["alpha"] == pytest.approx(0.5, abs=1e-3)
+    assert res.params["beta"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_n_from_flops(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "t.csv", sweep_rows())
+    opts = TableOptions(where="lr == 3e-3 and arch == 'dense'", n_from_flops=True)
+    res = fit_table(path, bootstrap_draws=0, options=opts)
+    assert res.sources == {"D": "table", "C": "table", "N": "C / (6 D)"}
+    assert "Wang et al. 2024" in res.flops_convention and "N" not in res.columns
+    with pytest.raises(UserError, match="leave out --n-col"):
+        fit_table(path, columns={"N": "params_active"}, options=opts, bootstrap_draws=0)
+
+
+def test_where_best_of_and_transform(tmp_path: Path) -> None:
+    rows = sweep_rows()
+    for r in rows:
+        r["perplexity"] = float(np.exp(r.pop("val_loss")))
+    path = write_rows(tmp_path / "t.csv", rows)
+    opts = TableOptions(
+        transforms=("loss=log(perplexity)",),
+        where="arch == 'dense' and col('tokens') >= 1e8",
+        best_of="loss",
+        group_by=("arch", "N", "D"),
+    )
+    res = fit_table(path, bootstrap_draws=0, options=opts)
+    assert res.n_points == 25  # one learning rate of each (N, D): the best, lr = 3e-3
+    assert res.params["alpha"] == pytest.approx(0.5, abs=1e-3)
+    assert res.params["E0"] == pytest.approx(1.0, abs=1e-3)
+    assert res.selection["where"] == opts.where and res.selection["rows"] == 25
+    assert res.columns["loss"] == "loss"
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("__import__('os').system('true')", "is not allowed"),
+        ("arch.upper() == 'MOE'", "is not allowed"),
+        ("arch == 1", "compares text (arch) with a number (1)"),
+        ("tokens > ", "is not a valid expression"),
+        ("tokens + 1", "must be a condition"),
+        ("tokens > 1e20", "keeps none of the 150 rows"),
+        ("size > 3", "no column 'size'"),
+    ],
+)
+def test_where_errors(tmp_path: Path, where: str, message: str) -> None:
+    path = write_rows(tmp_path / "t.csv", sweep_rows())
+    with pytest.raises(UserError, match="--where") as exc:
+        fit_table(path, bootstrap_draws=0, options=TableOptions(where=where))
+    assert message in str(exc.value)
+
+
+def test_messages_show_plain_values(tmp_path: Path) -> None:
+    rows = [{"params_active": n, "tokens": 1e9, "val_loss": 3.0} for n in (1e6, 2e6, 3e6)]
+    rows[1]["val_loss"] = "broken"
+    path = write_rows(tmp_path / "t.csv", rows)
+    with pytest.raises(UserError) as exc:
+        fit_table(path, bootstrap_draws=0)
+    assert "row 2 has 'broken'" in str(exc.value) and "np." not in str(exc.value)
+    rows[1]["val_loss"] = -1.0
+    path = write_rows(tmp_path / "t.csv", rows)
+    with pytest.raises(UserError) as exc:
+        fit_table(path, bootstrap_draws=0)
+    assert "row 2 has -1.0 (1 bad row)" in str(exc.value) and "np." not in str(exc.value)

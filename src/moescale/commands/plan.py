@@ -1,17 +1,28 @@
-"""Compute-optimal allocation at a FLOP budget from a fitted law (the JSON of `moescale fit`).
+"""Compute-optimal model at a FLOP budget from a fitted law (the JSON of `moescale fit`).
 
-Prints N_opt, D_opt and the predicted loss with 95 % intervals (from the fit's bootstrap
-parameters), under C = k·N·D (k = 6 by default). A wang law without --experts is planned as
-dense (E = 1); a krajewski law without --granularity gets the best G under the routing-aware
-FLOPs of Krajewski et al. (2024) instead, at E = --experts (default 64).
+Every law is planned at its true compute. Under C = k·N·D (k = 6, `--flops simple`) with the
+law's own N when that N is what a token pays for (N_active); through a model family otherwise:
+`--family CONFIG.yaml` (your runs' config as the template: its d_model/n_layers and d_ff/d_model
+ratios, E, k, G, vocabulary, seq_len) or `--family krajewski` (Krajewski et al. 2024: d = 64·L_b,
+N_total = d²(8E + 4)·L_b). The family maps N_total, N_active and FLOPs per token into each other,
+and says what to build: d_model, n_layers, E, G, k, parameters, tokens. `--flops routing_aware`
+adds Krajewski et al.'s router cost (c_r = 14 per d·E·G), `--flops exact` the conventions.md
+count (attention, unembedding; config families only).
 
-With --compare DENSE_FIT.json (the law of --fit being the MoE one) it adds the loss of each at
-equal compute and the data efficiency of MoE over dense: D_dense / D_moe − 1, where N_d,
-D_dense are the dense law's compute-optimal size and tokens at the budget and D_moe the tokens
-the MoE law needs at the same N_d to reach the dense loss; and the compute ratio C_dense(L_moe)/C
-for MoE's compute-optimal loss.
+Nothing is assumed silently: E comes from --experts, the fit JSON ("experts") or the family
+template, else a law with E is refused; a law with G (krajewski) and no G gets the optimal G
+(--granularity best asks for it even when a template fixes G). The plan prints where each value
+came from, the family and the FLOPs convention.
 
-  moescale plan --budget C --fit FIT.json [--compare DENSE_FIT.json] [--json [OUT]]
+With --compare DENSE_FIT.json (a dense fit; MoE and fine-grained fits are refused) both are
+priced in the same convention and compared at equal compute: the loss gap, the compute
+multiplier (how much more compute dense needs for the MoE's loss) and the data efficiency at
+equal loss and equal FLOPs per token, each with its definition. With --hyper HYPER.json (from
+`moescale hyper`) it adds batch size and learning rate.
+
+  moescale plan --budget C --fit FIT.json [--family krajewski|CONFIG.yaml] [--experts E]
+      [--granularity G|best] [--top-k K] [--flops simple|routing_aware|exact]
+      [--compare DENSE_FIT.json] [--hyper HYPER.json] [--json [OUT]]
 """
 
 from __future__ import annotations
@@ -20,11 +31,20 @@ import argparse
 from typing import TYPE_CHECKING
 
 from moescale.commands import add_json_flag, emit_json
-from moescale.fmt import sig
-from moescale.laws.forms import EXTRA_INPUTS
+from moescale.errors import UserError
+from moescale.fmt import human, sig
 
 if TYPE_CHECKING:
     from moescale.laws.plan import Plan
+
+
+def _granularity(text: str) -> float | str:
+    if text == "best":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'best', got {text!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,43 +53,75 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fit", required=True, metavar="FIT.json", help="JSON written by `moescale fit --json`"
     )
     parser.add_argument(
-        "--compare",
-        metavar="DENSE_FIT.json",
-        help="a second fitted law (dense) to compare the first (MoE) against",
+        "--compare", metavar="DENSE_FIT.json", help="a dense fit to compare the first (MoE) with"
     )
     parser.add_argument(
-        "--k",
-        type=float,
-        default=6.0,
-        help="FLOPs per parameter per token in C = k N D (default 6)",
+        "--family",
+        metavar="krajewski|CONFIG.yaml",
+        help="model family that maps N_total, N_active and FLOPs per token and says what to "
+        "build; needed for laws on N_total (krajewski), for G and for --flops other than simple",
     )
-    for x in EXTRA_INPUTS.values():
-        parser.add_argument(
-            x.plan_flag,
-            dest=f"extra_{x.symbol}",
-            type=float,
-            metavar=x.symbol,
-            help=f"{x.symbol} ({x.meaning}) of the planned model, for laws with input "
-            f"{x.symbol}; the dense law of --compare is taken at {x.symbol} = {x.dense:g}",
-        )
+    parser.add_argument(
+        "--flops",
+        default="simple",
+        choices=["simple", "routing_aware", "exact"],
+        help="FLOPs convention (default simple: C = k·N_active·D; docs/conventions.md)",
+    )
+    parser.add_argument(
+        "--k", type=float, default=6.0, help="FLOPs per active parameter per token (default 6)"
+    )
+    parser.add_argument(
+        "--experts",
+        type=float,
+        metavar="E",
+        help="expansion rate E of the planned MoE: the family's E, and the law's input E (wang); "
+        "no default",
+    )
+    parser.add_argument(
+        "--granularity",
+        type=_granularity,
+        metavar="G|best",
+        help="granularity G of the planned MoE (the law's input G for krajewski); 'best' "
+        "searches G in 1..128",
+    )
+    parser.add_argument("--top-k", type=float, metavar="K", help="experts per token (d_ff units)")
+    parser.add_argument("--hyper", metavar="HYPER.json", help="JSON of `moescale hyper --json`")
+    parser.add_argument(
+        "--hyper-arch", metavar="NAME", help="architecture of --hyper to use (default: the plan's)"
+    )
     add_json_flag(parser, "the plan")
 
 
+def _read_fit(path: str, flag: str):  # noqa: ANN202 - FitResult or IsoFLOPResult
+    from moescale.laws import result
+
+    return getattr(result, "read_any_fit", result.read_fit)(path, flag)
+
+
 def run(args: argparse.Namespace) -> int:
-    from moescale.laws.allocate import check_budget
-    from moescale.laws.plan import make_plan
-    from moescale.laws.result import read_fit
+    from moescale.laws.allocate import check_budget, check_k
+    from moescale.laws.family import load_family
+    from moescale.laws.plan import make_plan, read_hyper, recorded_inputs
 
     check_budget(args.budget)
-    fit = read_fit(args.fit, "--fit")
-    dense = read_fit(args.compare, "--compare") if args.compare else None
-    given = {s: getattr(args, f"extra_{s}") for s in EXTRA_INPUTS}
+    check_k(args.k)
+    flags = {"E": args.experts, "G": args.granularity, "k": args.top_k}
+    given = {s: v for s, v in flags.items() if v is not None and v != "best"}
+    if args.hyper_arch and not args.hyper:
+        raise UserError("--hyper-arch names an architecture of --hyper HYPER.json; give --hyper")
     plan = make_plan(
-        fit,
+        _read_fit(args.fit, "--fit"),
         args.budget,
         k=args.k,
-        given={s: v for s, v in given.items() if v is not None},
-        dense=dense,
+        given=given,
+        dense=_read_fit(args.compare, "--compare") if args.compare else None,
+        family=load_family(args.family) if args.family else None,
+        flops=args.flops,
+        search_g=args.granularity == "best",
+        recorded=recorded_inputs(args.fit),
+        dense_recorded=recorded_inputs(args.compare) if args.compare else None,
+        hyper=read_hyper(args.hyper) if args.hyper else None,
+        hyper_arch=args.hyper_arch,
     )
     if args.json_out != "-":
         _print(plan)
@@ -78,37 +130,67 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interval(intervals: dict[str, tuple[float, float]], key: str) -> str:
+def _iv(intervals: dict[str, tuple[float, float]], key: str, pct: bool = False) -> str:
     lo, hi = intervals.get(key, (None, None))
-    return f"[{sig(lo, 4)}, {sig(hi, 4)}]" if lo is not None else ""
+    if lo is None:
+        return ""
+    return f"[{lo:+.1%}, {hi:+.1%}]" if pct else f"[{sig(lo, 4)}, {sig(hi, 4)}]"
 
 
 def _print(plan: Plan) -> None:
-    head = f"budget {plan.budget:.3g} FLOPs, law {plan.law}"
-    if (g := plan.granularity) is not None:
-        print(f"{head}, routing-aware FLOPs (Krajewski et al. 2024), E = {g.experts:g}")
-        print(
-            f"optimal G {g.granularity}; N_total {sig(g.n_total, 4)}, D {sig(g.tokens, 4)}, "
-            f"loss {g.loss:.4f}"
+    print(f"plan for {plan.budget:.3g} FLOPs, law {plan.law}")
+    print(f"FLOPs: {plan.convention}: {plan.flops_definition}")  # warnings go to the log
+    print(plan.family.describe() if plan.family else "no model family: N is the law's N")
+    for note in plan.assumptions:
+        print(f"  assumed {note}")
+    a, g = plan.allocation, plan.granularity
+    iv = a.intervals if a else g.intervals if g else {}
+    print(f"{'':<28} {'value':>11} {'95% interval':>26}   ({plan.draws} bootstrap draws)")
+    rows = [(f"N ({plan.n_column})", a.n_opt if a else g.n_total if g else None, "n_opt")]
+    if a is not None:
+        rows += [("N_active", a.n_active, "n_active"), ("N_total", a.n_total, "n_total")]
+        rows += [("D (tokens)", a.d_opt, "d_opt"), ("loss", a.loss, "loss")]
+    if g is not None:
+        rows += [("N_active", g.n_active, "n_active"), ("D (tokens)", g.tokens, "d_opt")]
+        rows += [("loss", g.loss, "loss"), ("optimal G", g.granularity, "granularity")]
+    for name, val, key in rows:
+        if val is not None and sig(val) != "-":
+            print(f"{name:<28} {sig(val, 4):>11} {_iv(iv, key):>26}")
+    if g is not None:
+        print("loss by G: " + ", ".join(f"{k} {v:.4f}" for k, v in g.by_granularity.items()))
+    if (dz := plan.design) is not None:
+        moe = (
+            f"; E {dz.experts:g}, G {dz.granularity:g}, k {dz.top_k:g} "
+            f"({dz.experts * dz.granularity:g} experts of hidden {dz.d_ff / dz.granularity:g}, "
+            f"{dz.top_k * dz.granularity:g} per token)"
+            if dz.experts > 1
+            else " (dense)"
         )
-    if (a := plan.allocation) is not None:
         print(
-            f"{head}, C = {plan.k:g} N D, {a.method}; intervals from {plan.draws} bootstrap draws"
+            f"build: d_model {dz.d_model}, n_layers {dz.n_layers}, d_ff {dz.d_ff}{moe}; "
+            f"N_total {human(dz.params_total)}, N_active {human(dz.params_active)}; "
+            f"{human(dz.tokens)} tokens; loss {sig(dz.loss, 4)}"
         )
-        print(f"{'':<8} {'value':>11} {'95% interval':>26}")
-        for key, val in (("N_opt", a.n_opt), ("D_opt", a.d_opt), ("loss", a.loss)):
-            print(f"{key:<8} {sig(val, 4):>11} {_interval(a.intervals, key.lower()):>26}")
-    if (c := plan.comparison) is not None:
-        print(
-            f"at equal compute: MoE loss {c.moe.loss:.4f}, dense loss {c.dense.loss:.4f}, "
-            f"gap {c.loss_gap:+.4f} {_interval(c.intervals, 'loss_gap')}"
-        )
-        print(
-            f"data efficiency of MoE over dense: {c.data_efficiency:+.2%} "
-            f"{_interval(c.intervals, 'data_efficiency')}"
-        )
-        print(f"  ({c.definition})")
-        print(
-            f"compute dense needs for MoE's loss: {c.compute_ratio:.3f} x the budget "
-            f"{_interval(c.intervals, 'compute_ratio')}"
-        )
+    if (h := plan.hyper) is not None:
+        for what in ("batch", "batch_tokens", "lr"):
+            unit = f" ({h['batch_unit']})" if what == "batch" else ""
+            vals = ", ".join(f"{k} {sig(v, 3)}" for k, v in h.get(what, {}).items())
+            print(f"{what}{unit} [{h['arch']}]: {vals or '-'}")
+    if plan.comparison is not None:
+        _print_comparison(plan)
+
+
+def _print_comparison(plan: Plan) -> None:
+    c = plan.comparison
+    assert c is not None
+    iv, d = c.intervals, c.definitions
+    print(f"MoE vs dense at equal compute ({c.draws} draws, {c.pairing or 'no draws'}):")
+    print(f"  MoE loss {c.moe.loss:.4f} {_iv(iv, 'moe_loss')}, N {sig(c.moe.n_opt, 4)}, "
+          f"D {sig(c.moe.d_opt, 4)}; dense loss {c.dense.loss:.4f} {_iv(iv, 'dense_loss')}, "
+          f"N {sig(c.dense.n_opt, 4)}, D {sig(c.dense.d_opt, 4)}")  # fmt: skip
+    print(f"  loss gap {c.loss_gap:+.4f} {_iv(iv, 'loss_gap')}: {d['loss_gap']}")
+    print(f"  compute multiplier {sig(c.compute_ratio, 4)} {_iv(iv, 'compute_ratio')}: "
+          f"{d['compute_ratio']}")  # fmt: skip
+    eff = f"{c.data_efficiency:+.1%} {_iv(iv, 'data_efficiency', True)}"
+    print(f"  token ratio {sig(c.token_ratio, 4)} {_iv(iv, 'token_ratio')}, data efficiency "
+          f"{eff}: {c.definition}")  # fmt: skip

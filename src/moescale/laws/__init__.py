@@ -3,12 +3,23 @@ hyperparameter laws, and compute-optimal allocation. Pure NumPy/SciPy; never imp
 
 from moescale.laws.allocate import (
     DATA_EFFICIENCY_DEFINITION,
+    DEFINITIONS,
     Allocation,
     Comparison,
     allocate,
     budget_for_loss,
     closed_form_allocation,
     compare,
+)
+from moescale.laws.family import (
+    Design,
+    Family,
+    family_from_config,
+    krajewski_family,
+    krajewski_n_total,
+    krajewski_shape,
+    load_family,
+    routing_aware_flops,
 )
 from moescale.laws.fit import bootstrap, fit_law, fit_table
 from moescale.laws.forms import (
@@ -23,41 +34,47 @@ from moescale.laws.forms import (
     krajewski,
     wang,
 )
-from moescale.laws.granularity import (
-    GranularityOptimum,
-    krajewski_n_total,
-    krajewski_shape,
-    optimal_granularity,
-    routing_aware_flops,
-)
+from moescale.laws.granularity import GranularityOptimum, Sizing, optimal_granularity
 from moescale.laws.hyper import (
     Heatmap,
     HyperLaws,
     PowerLaw,
     batch_heatmap,
+    curve_laws,
+    curves_from_runs,
     fit_hyper_laws,
+    fit_loglinear,
     fit_power_law,
     hyper_laws_from_table,
     lr_heatmap,
 )
-from moescale.laws.plan import Plan, make_plan
-from moescale.laws.result import FitResult, read_fit
-from moescale.laws.table import read_table
+from moescale.laws.isoflop import BudgetProfile, IsoFLOPResult, fit_isoflop, isoflop_table
+from moescale.laws.plan import HyperResult, Plan, make_plan, read_hyper
+from moescale.laws.result import FitResult, read_any_fit, read_fit
+from moescale.laws.table import TableOptions, read_table
 
 __all__ = [
     "BUILTIN",
     "DATA_EFFICIENCY_DEFINITION",
+    "DEFINITIONS",
     "EXTRA_INPUTS",
     "Allocation",
+    "BudgetProfile",
     "Comparison",
+    "Design",
     "ExtraInput",
+    "Family",
     "FitResult",
     "GranularityOptimum",
     "Heatmap",
     "HyperLaws",
+    "HyperResult",
+    "IsoFLOPResult",
     "LawForm",
     "Plan",
     "PowerLaw",
+    "Sizing",
+    "TableOptions",
     "allocate",
     "batch_heatmap",
     "bootstrap",
@@ -65,21 +82,31 @@ __all__ = [
     "chinchilla",
     "closed_form_allocation",
     "compare",
+    "curve_laws",
+    "curves_from_runs",
     "custom",
+    "family_from_config",
     "fit_hyper_laws",
+    "fit_loglinear",
+    "fit_isoflop",
     "fit_law",
     "fit_power_law",
     "fit_table",
     "get_form",
     "hyper_laws_from_table",
+    "isoflop_table",
     "kaplan",
     "krajewski",
+    "krajewski_family",
     "krajewski_n_total",
     "krajewski_shape",
+    "load_family",
     "lr_heatmap",
     "make_plan",
     "optimal_granularity",
+    "read_any_fit",
     "read_fit",
+    "read_hyper",
     "read_table",
     "routing_aware_flops",
     "wang",

@@ -278,6 +278,86 @@ class Problem:
         out = self.full_objective(self.z_from_params(v))
         return float(out[0] if isinstance(out, tuple) else out)
 
+    # ---------- what the data can identify ----------
+    def at_bounds(self, v: np.ndarray) -> dict[str, str]:
+        """Nonlinear parameters within 0.01 % of a search bound (log-scale ones in log space):
+        name -> "lower"/"upper". An optimum there is the bound, not an estimate."""
+        out = {}
+        for i, q in enumerate(self.form.nonlinear):
+            lo, hi, val = *self.form.bounds[q], float(v[self.p + i])
+            if q in self.form.log_scale:
+                lo, hi, val = (math.log(max(t, 1e-300)) for t in (lo, hi, val))
+            if min(val - lo, hi - val) <= 1e-4 * (hi - lo):
+                out[q] = "lower" if val - lo < hi - val else "upper"
+        return out
+
+    def vanished(self, v: np.ndarray, constant: bool = False) -> list[str]:
+        """Coefficients whose term contributes < 1e-6 of the mean loss at every point: terms
+        that vary over the points (exponents then unidentified), or with `constant` the
+        constant ones (an irreducible loss forced to 0)."""
+        phi, _ = self.form.basis(self.x, v[None, self.p :])
+        out = []
+        for j, q in enumerate(self.form.linear):
+            col = np.abs(phi[0, :, j])
+            is_const = np.ptp(col) <= 1e-12 * np.max(col)
+            if self.form.terms is not None:  # a power sum says which terms are constant
+                is_const = not self.form.terms[j]
+            if is_const == constant and np.max(v[j] * col) < 1e-6 * np.mean(self.y):
+                out.append(q)
+        return out
+
+    def degenerate(self, v: np.ndarray) -> list[str]:
+        """Why a bootstrap draw is unusable: a zero exponent (a parameter at its lower bound)
+        or a zero coefficient of a varying term; empty when it is fine."""
+        low = [q for q, side in self.at_bounds(v).items() if side == "lower"]
+        return low + self.vanished(v)
+
+    def identifiability(self, v: np.ndarray) -> list[tuple[str, str, set[str]]]:
+        """What these points cannot determine: (code, cause and remedy, parameters left
+        unidentified). Parameters are named for sums of power laws, whose terms are known."""
+        f, out = self.form, []
+        terms = dict(zip(f.linear, f.terms or (), strict=False))  # coefficient -> its term
+        uses: dict[str, set[str]] = {"N": set(), "D": set()}  # input -> its terms' parameters
+        for q, term in terms.items():
+            for e, inp in term:
+                uses.setdefault(inp, set()).update({q, e})
+        const = {q for q, t in terms.items() if not t}
+        if len(self.y) < 3 * len(f.params):
+            why = f"{len(self.y)} points for {len(f.params)} parameters (fewer than 3 each)"
+            fix = "estimates and intervals are fragile; add runs or fit a smaller law"
+            out.append(("few_points", f"{why}: {fix}", set()))
+        single = [s for s in ("N", "D") if s in self.x and np.ptp(self.x[s]) == 0]
+        for s in single:
+            why = f"every point has the same {s} ({self.x[s][0]:.4g})"
+            fix = f"the {s} term cannot be told from the constant; add runs of other {s}"
+            out.append(("single_value", f"{why}: {fix}", uses[s] | const))
+        if {"N", "D"} <= set(self.x) and not single:
+            ln, ld = np.log(self.x["N"]), np.log(self.x["D"])
+            r = abs(float(np.corrcoef(ln, ld)[0, 1]))
+            if r > 0.999:
+                why = f"log D is a linear function of log N (|r| = {r:.4f})"
+                if np.ptp(ld - ln) < 1e-6:
+                    why = f"D is a fixed multiple of N (D/N = {np.exp(np.mean(ld - ln)):.4g})"
+                fix = "the N and D terms cannot be told apart; vary D at each N"
+                out.append(("collinear", f"{why}: {fix}", uses["N"] | uses["D"]))
+        for q, side in self.at_bounds(v).items():
+            why = f"{q} sits at its {side} search bound {f.bounds[q][side == 'upper']:g}"
+            fix = "the data do not determine it; add runs over a wider range or drop outliers"
+            coefs = {c for c, t in terms.items() if q in dict(t)}
+            out.append(("exponent_at_bound", f"{why}: {fix}", {q} | coefs))
+        gone = self.vanished(v)
+        live = {e for c, t in terms.items() if c not in gone for e, _ in t}  # still determined
+        for q in gone:
+            why = f"{q} was forced to 0 (coefficients are kept >= 0)"
+            fix = "its term vanishes, so its exponents are not identified; widen the runs' range"
+            exps = {e for e, _ in terms.get(q, ())} - live
+            out.append(("coefficient_zero", f"{why}: {fix}", exps))
+        for q in self.vanished(v, constant=True):
+            why = f"{q}, the irreducible loss, was forced to 0"
+            fix = "the data show no floor, so the law lets the loss fall without limit"
+            out.append(("coefficient_zero", f"{why}: {fix}; extrapolate with care", set()))
+        return out
+
     # ---------- the three fitting routes ----------
     def fit_vp(self, start: np.ndarray | None) -> np.ndarray:
         """Variable projection; `start` (a full parameter vector) skips the grid."""

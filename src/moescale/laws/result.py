@@ -1,20 +1,32 @@
-"""A fitted law as a value: `FitResult`, and its JSON (what `moescale fit --json` writes and
-`moescale plan --fit` reads back)."""
+"""Fits as values: `FitResult` (a parametric law) and `IsoFLOPResult` (IsoFLOP profiles,
+Hoffmann et al. 2022's approach 2), and their JSON (what `moescale fit --json` writes and
+`moescale plan --fit` reads back; `read_any_fit` tells the two apart by the JSON's "method").
+
+Both record what they cannot vouch for: `warnings` ({code, message}: the cause and the remedy),
+`unidentified` (parameters the data cannot pin down, which get no interval rather than a
+misleading one), bootstrap draws that failed or were degenerate, and `compute_range`, the
+smallest and largest compute of the fitted points (a plan far beyond it extrapolates)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from moescale.errors import UserError
 from moescale.laws.forms import LawForm, form_from_spec
 
+if TYPE_CHECKING:
+    from moescale.laws.isoflop import IsoFLOPResult
+    from moescale.laws.problem import Problem
+
+log = logging.getLogger(__name__)
 FLOPS_CONVENTION = "C = 6 N D"
 T = TypeVar("T")
 
@@ -29,7 +41,11 @@ class FitResult:
     fitted points; `holdout` {mae, max_abs, n}: refit without the largest-compute points and
     predict them; `dropped` the 0-based rows removed as outliers. When fitted from a table:
     `table` its path, `columns` input -> column name, `derived` which of N, D, C was computed
-    from the other two.
+    from the other two, `sources` the same for each ("table" or a formula), `flops_convention`
+    in words, `selection` the row filters applied. `bootstrap_requested` draws were run, of
+    which `bootstrap_failed` did not fit and `bootstrap_degenerate` had a zero exponent or
+    coefficient; neither is among `bootstrap_params`. `warnings`, `unidentified` and
+    `compute_range` as in the module doc; `huber_delta` the δ of a Huber fit.
     """
 
     law: str
@@ -50,6 +66,15 @@ class FitResult:
     derived: str | None = None
     table: str | None = None
     flops_convention: str = FLOPS_CONVENTION
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    unidentified: list[str] = field(default_factory=list)
+    bootstrap_requested: int = 0
+    bootstrap_failed: int = 0
+    bootstrap_degenerate: int = 0
+    compute_range: tuple[float, float] | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+    huber_delta: float | None = None
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def form(self) -> LawForm:
         """The law form this result was fitted with (rebuilt from its spec)."""
@@ -81,6 +106,10 @@ class FitResult:
             "bootstrap_draws": len(self.bootstrap_params),
             "bootstrap_params": [dict(p) for p in self.bootstrap_params],
             "table": self.table,
+            **_diagnostics_json(self),
+            "sources": dict(self.sources),
+            "huber_delta": self.huber_delta,
+            "selection": dict(self.selection),
         }
 
     @classmethod
@@ -124,19 +153,113 @@ class FitResult:
             derived=get("derived", _optional(_str), None),
             table=get("table", _optional(_str), None),
             flops_convention=get("flops_convention", _str, FLOPS_CONVENTION),
+            sources=get("sources", _mapping(_str), {}),
+            huber_delta=get("huber_delta", _optional(_number), None),
+            selection=get("selection", _mapping(_any), {}),
+            **_diagnostics_from(get, len(boot)),
         )
 
 
-def read_fit(path: str | Path, flag: str = "--fit") -> FitResult:
-    """The fit JSON at `path` (written by `moescale fit --json`), or a UserError saying why not."""
+ISOFLOP = "isoflop"  # the "method" of an IsoFLOPResult (moescale.laws.isoflop)
+
+
+def diagnose(
+    prob: Problem,
+    v: np.ndarray,
+    samples: list[dict[str, float]],
+    requested: int = 0,
+    failed: int = 0,
+    degenerate: int = 0,
+) -> tuple[list[dict[str, str]], list[str], dict[str, tuple[float, float]]]:
+    """What a parametric fit records about itself: warnings ({code, message}, each also
+    logged), the parameters the data cannot identify (`Problem.identifiability`), and 95 %
+    percentile intervals of the others over the bootstrap draws that fitted, `samples`
+    (`requested` draws, of which `failed` did not fit and `degenerate`, a zero exponent or
+    coefficient, are left out of `bootstrap_params` but not of the intervals). A
+    parameter that every draw pins to the same bound gets no interval: a zero-width interval
+    would claim a certainty the data lack."""
+    found = prob.identifiability(v)
+    if requested and (failed + degenerate > 0.05 * requested or not samples):
+        why = f"{failed} of {requested} bootstrap draws failed and {degenerate} were degenerate"
+        fix = "intervals of N_opt and other derived quantities use the others only"
+        found.append(("bootstrap_draws", f"{why} (a zero exponent or coefficient): {fix}", set()))
+    unidentified = set().union(*(names for _, _, names in found))
+    pinned = set(prob.at_bounds(v)) | set(prob.vanished(v)) | set(prob.vanished(v, True))
+    intervals = {}
+    for q in prob.form.params:
+        if not samples or q in unidentified:
+            continue
+        col = np.array([s[q] for s in samples])
+        lo, hi = float(np.percentile(col, 2.5)), float(np.percentile(col, 97.5))
+        if q in pinned and hi - lo <= 1e-12 * max(abs(lo), abs(hi)):
+            why = f"every bootstrap draw pins {q} to {lo:g}"
+            found.append(("zero_width", f"{why}: it is unidentified, not known exactly", {q}))
+            unidentified.add(q)
+        else:
+            intervals[q] = (lo, hi)
+    for _, message, _ in found:
+        log.warning(message)
+    order = [q for q in prob.form.params if q in unidentified]
+    return [{"code": code, "message": m} for code, m, _ in found], order, intervals
+
+
+def selection(options: object, rows: int) -> dict[str, object]:
+    """The row selection of a `table.TableOptions` as a fit's JSON records it (the columns are
+    recorded apart), with the number of rows it kept."""
+    out = {k: list(v) if isinstance(v, tuple | list) else v for k, v in vars(options).items()}
+    return {**{k: v for k, v in out.items() if k != "columns"}, "rows": rows}
+
+
+def _diagnostics_json(res: FitResult | IsoFLOPResult) -> dict[str, Any]:
+    return {
+        "warnings": [dict(w) for w in res.warnings],
+        "unidentified": list(res.unidentified),
+        "bootstrap_requested": res.bootstrap_requested,
+        "bootstrap_failed": res.bootstrap_failed,
+        "bootstrap_degenerate": res.bootstrap_degenerate,
+        "compute_range": None if res.compute_range is None else list(res.compute_range),
+    }
+
+
+def _diagnostics_from(get: _Reader, draws: int) -> dict[str, Any]:
+    """The keys of `_diagnostics_json`; files written before them read as clean."""
+    return {
+        "warnings": get("warnings", _list(_mapping(_str)), []),
+        "unidentified": get("unidentified", _list(_str), []),
+        "bootstrap_requested": get("bootstrap_requested", _int, draws),
+        "bootstrap_failed": get("bootstrap_failed", _int, 0),
+        "bootstrap_degenerate": get("bootstrap_degenerate", _int, 0),
+        "compute_range": get("compute_range", _optional(_pair), None),
+    }
+
+
+def _load_json(path: str | Path, flag: str) -> tuple[Any, str]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{flag} {p} does not exist; write it with `moescale fit TABLE --json {p}`")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(p.read_text(encoding="utf-8")), f"{flag} {p}"
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"{flag} {p} is not readable JSON: {exc}") from exc
-    return FitResult.from_json(data, f"{flag} {p}")
+
+
+def read_fit(path: str | Path, flag: str = "--fit") -> FitResult:
+    """The fit JSON at `path` (written by `moescale fit --json`), or a UserError saying why not."""
+    data, source = _load_json(path, flag)
+    if isinstance(data, Mapping) and data.get("method") == ISOFLOP:
+        raise UserError(f"{source} holds IsoFLOP profiles, not a fitted law; fit one with --law")
+    return FitResult.from_json(data, source)
+
+
+def read_any_fit(path: str | Path, flag: str = "--fit") -> FitResult | IsoFLOPResult:
+    """A fit JSON of either kind: an `IsoFLOPResult` when its "method" is "isoflop", else a
+    `FitResult`; a UserError naming `flag` and the file when it is neither."""
+    data, source = _load_json(path, flag)
+    if isinstance(data, Mapping) and data.get("method") == ISOFLOP:
+        from moescale.laws.isoflop import IsoFLOPResult
+
+        return IsoFLOPResult.from_json(data, source)
+    return FitResult.from_json(data, source)
 
 
 # ---------- checked conversion of JSON values (ValueError: what was wanted) ----------

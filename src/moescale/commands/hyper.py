@@ -1,0 +1,116 @@
+"""Optimal batch size and learning rate per architecture (docs/science.md, section 4).
+
+Two inputs, two methods:
+
+- training curves, `--method curves` (Wang et al. 2024): a long table with columns run, arch,
+  batch_size, lr, tokens, loss, schedule (one row per logged training step; experts, top_k,
+  granularity and params_active when present), or run directories (their metrics.jsonl). For
+  each training-loss level, the batch (or LR) whose run reaches it in the fewest tokens; then
+  B_opt = λ_B·L^(−α_B), η_opt = λ_η·L^(−α_η) per architecture. Constant-LR or WSD runs only:
+  cosine curves are refused.
+- a results table, `--method band` (DeepSeek-AI 2024a; StepLaw, Li et al. 2025): one row per run
+  (the last row of each run is used). The runs within 0.25 % of their cell's best loss (cell:
+  architecture, nominal N, nominal D) give B and η against compute, against (N, D) and against
+  loss, with the error on held-out largest-compute cells.
+
+Default method: curves for run directories and for tables with a `schedule` and a `loss`
+column, band otherwise. Batch sizes are in sequences (`batch_size`) or tokens
+(`--batch-col batch_tokens`); the unit is stated in the output and the JSON, which
+`moescale plan --hyper` reads.
+
+  moescale hyper TABLE|RUN_DIR... [--method curves|band] [--batch-col COL]
+      [--batch-unit sequences|tokens] [--seq-len S] [--json [OUT]]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from moescale.commands import add_json_flag, emit_json
+from moescale.errors import UserError
+from moescale.fmt import sig
+from moescale.run import Col, Metric
+
+if TYPE_CHECKING:
+    from moescale.laws.plan import HyperResult
+
+DEFINITIONS = {
+    "curves": "per training-loss level, the batch size (learning rate) whose run reaches it in "
+    "the fewest tokens, among runs of one architecture and size that differ only in it (Wang et "
+    "al. 2024); optima at the edge of the sweep are listed but not fitted",
+    "band": "in each cell (architecture, nominal N, nominal D), the runs within 0.25 % of the "
+    "cell's best final loss; log y regressed on log x over them (DeepSeek-AI 2024a; StepLaw)",
+}
+UNITS = {Col.BATCH_SIZE: "sequences", "batch_tokens": "tokens"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="TABLE|RUN_DIR", help="a table or run dirs")
+    parser.add_argument("--method", choices=list(DEFINITIONS), help="curves or band (see above)")
+    parser.add_argument("--batch-col", default=Col.BATCH_SIZE, help="batch column (batch_size)")
+    parser.add_argument(
+        "--batch-unit",
+        choices=sorted(set(UNITS.values())),
+        help="unit of --batch-col (batch_size: sequences, batch_tokens: tokens; else required)",
+    )
+    parser.add_argument("--seq-len", type=int, help="tokens per sequence, to convert batch units")
+    parser.add_argument("--levels", type=int, default=16, help="loss levels per sweep (curves)")
+    parser.add_argument("--smooth", type=int, default=9, help="records averaged (curves)")
+    parser.add_argument("--holdout-frac", type=float, default=0.2, help="cells held out (band)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="draws for the intervals")
+    parser.add_argument("--seed", type=int, default=0)
+    add_json_flag(parser, "the laws")
+
+
+def run(args: argparse.Namespace) -> int:
+    from moescale.laws.hyper import curve_laws, curves_from_runs, hyper_laws_from_table
+    from moescale.laws.plan import HyperResult
+    from moescale.laws.table import read_table
+
+    dirs = all(Path(p).is_dir() for p in args.inputs)
+    if not dirs and len(args.inputs) > 1:
+        raise UserError("give one table, or run directories only")
+    table = curves_from_runs(args.inputs) if dirs else read_table(args.inputs[0])
+    method = args.method or (
+        "curves" if dirs or ("schedule" in table and Metric.LOSS in table) else "band"
+    )
+    unit = args.batch_unit or UNITS.get(args.batch_col)
+    if unit is None:
+        raise UserError(f"--batch-col {args.batch_col}: say its unit with --batch-unit")
+    boot = {"bootstrap": args.bootstrap, "seed": args.seed}
+    if method == "curves":
+        laws = curve_laws(table, batch_col=args.batch_col, levels=args.levels,
+                          smooth=args.smooth, **boot)  # fmt: skip
+    else:
+        laws = hyper_laws_from_table(table, batch_col=args.batch_col,
+                                     holdout_frac=args.holdout_frac, **boot)  # fmt: skip
+    settings = {"inputs": list(args.inputs), "batch_col": args.batch_col, **boot,
+                "definition": DEFINITIONS[method]}  # fmt: skip
+    res = HyperResult(method, laws, unit, args.seq_len, settings)
+    if args.json_out != "-":
+        _print(res)
+    if args.json_out:
+        emit_json(res.to_json(), args.json_out)
+    return 0
+
+
+def _print(res: HyperResult) -> None:
+    print(f"method {res.method}: {res.settings['definition']}")
+    print(f"batch sizes in {res.batch_unit}")
+    for arch, h in res.laws.items():
+        edge = sum(bool(p["edge"]) for p in h.points)
+        extra = f", {len(h.points)} optima ({edge} at the sweep's edge)" if h.points else ""
+        print(f"{arch}: {h.n_runs} runs, {h.n_kept} used{extra}")
+        for name, law in h.laws().items():
+            iv = ", ".join(f"{k} [{sig(a, 3)}, {sig(b, 3)}]" for k, (a, b) in law.intervals.items())
+            print(f"  {name:<17} {law.to_json()['form']:<40} {iv}")
+            if name in h.holdout:
+                e = h.holdout[name]
+                mean, top = sig(e["mean_abs_log_error"], 3), sig(e["max_abs_log_error"], 3)
+                print(
+                    f"  {'':<17} held-out {e['cells']} cells: |ln(pred/obs)| mean {mean}, max {top}"
+                )
+        for name, why in h.skipped.items():
+            print(f"  {name:<17} not fitted: {why}")
