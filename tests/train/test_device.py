@@ -16,15 +16,31 @@ from moescale.train.trainer import Trainer
 
 def test_threads_follow_setting_workers_and_load(monkeypatch):
     monkeypatch.setattr(dev, "available_cores", lambda: 8)
-    monkeypatch.setattr(dev.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(dev, "busy_cores", lambda: (0.0, "test"))
     assert dev.choose_threads(3).threads == 3
     assert dev.choose_threads(0, workers=1).threads == 8
     assert dev.choose_threads(0, workers=4).threads == 2
-    monkeypatch.setattr(dev.os, "getloadavg", lambda: (6.2, 0.0, 0.0))  # 6 cores busy elsewhere
+    assert dev.choose_threads(0, workers=1, extra_busy=3).threads == 5
+    monkeypatch.setattr(dev, "busy_cores", lambda: (6.2, "test"))  # 6 cores busy elsewhere
     choice = dev.choose_threads(0, workers=1)
-    assert choice.threads == 2 and "load average 6.2" in choice.reason
-    monkeypatch.setattr(dev.os, "getloadavg", lambda: (20.0, 0.0, 0.0))
+    assert choice.threads == 2 and "6.2 busy" in choice.reason
+    monkeypatch.setattr(dev, "busy_cores", lambda: (20.0, "test"))
     assert dev.choose_threads(0).threads == 1
+
+
+def test_busy_cores_sees_a_process_that_just_started():
+    import subprocess
+    import sys
+
+    idle, how = dev.busy_cores(0.3)
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        dev.time.sleep(0.3)
+        busy, _ = dev.busy_cores(0.5)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert "CPU sample" in how and busy > 0.6, (idle, busy)
 
 
 def test_peak_is_cached_only_when_measured_quiet(monkeypatch, tmp_path):
@@ -33,12 +49,12 @@ def test_peak_is_cached_only_when_measured_quiet(monkeypatch, tmp_path):
     monkeypatch.setattr(dev, "_PEAK_CACHE", {})
     monkeypatch.setattr(dev, "measure_peak_flops", lambda device: 1.5e11)
     cpu = torch.device("cpu")
-    monkeypatch.setattr(dev.os, "getloadavg", lambda: (3.0, 0.0, 0.0))
+    monkeypatch.setattr(dev, "busy_cores", lambda: (1.0, "test"))
     busy = dev.device_peak_flops(cpu)
-    assert busy.flops == 1.5e11 and "under load" in busy.source
+    assert busy.flops == 1.5e11 and "busy elsewhere" in busy.source
     assert not (tmp_path / "peak_flops.json").exists()
     monkeypatch.setattr(dev, "_PEAK_CACHE", {})
-    monkeypatch.setattr(dev.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    monkeypatch.setattr(dev, "busy_cores", lambda: (0.05, "test"))
     assert "measured now" in dev.device_peak_flops(cpu).source
     monkeypatch.setattr(dev, "_PEAK_CACHE", {})
     monkeypatch.setattr(dev, "measure_peak_flops", lambda device: pytest.fail("re-measured"))

@@ -71,6 +71,33 @@ def available_cores() -> int:
     return max(1, cores)
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies over all cores since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(sample_s: float = 0.25) -> tuple[float, str]:
+    """How many cores other processes keep busy right now, and how that was measured.
+
+    Sampled from /proc/stat while this process sleeps, so it sees a job that started a second
+    ago and forgets one that just ended; the 1-minute load average (the fallback) lags both by
+    about a minute."""
+    try:
+        b0, t0 = _cpu_times()
+        time.sleep(sample_s)
+        b1, t1 = _cpu_times()
+        cores = os.cpu_count() or 1
+        return cores * (b1 - b0) / max(1, t1 - t0), f"{sample_s:g} s CPU sample"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.getloadavg()[0], "load average"
+    except (AttributeError, OSError):
+        return 0.0, "no load measure"
+
+
 @dataclass(frozen=True)
 class ThreadChoice:
     threads: int
@@ -82,8 +109,8 @@ def choose_threads(
 ) -> ThreadChoice:
     """Intra-op threads for this process. `setting` > 0 is taken as it is; 0 (auto) shares the
     available cores between the `workers` processes of a study ($MOESCALE_WORKERS, default 1)
-    and leaves out cores that other processes keep busy (the 1-minute load average, read before
-    this process starts computing, plus `extra_busy` processes known to start with it).
+    and leaves out cores that other processes keep busy (sampled just before this process starts
+    computing, plus `extra_busy` processes known to start with it).
 
     Why not simply all cores: the fine-grained expert loop is many small matmuls, each an OpenMP
     parallel region, and when one of its threads is descheduled by another process every region
@@ -94,12 +121,10 @@ def choose_threads(
     cores = available_cores()
     workers = workers or int(os.environ.get("MOESCALE_WORKERS", "1") or 1)
     share = max(1, cores // max(1, workers))
-    try:
-        busy = os.getloadavg()[0] + extra_busy
-    except (AttributeError, OSError):
-        busy = extra_busy
+    busy, how = busy_cores()
+    busy += extra_busy
     free = max(1, min(share, cores - round(busy / max(1, workers))))
-    reason = f"{cores} cores available, {workers} worker(s), load average {busy:.1f}"
+    reason = f"{cores} cores available, {workers} worker(s), {busy:.1f} busy ({how})"
     return ThreadChoice(free, reason)
 
 
@@ -182,7 +207,7 @@ def measure_peak_flops(device: str = "cpu", size: int = 2048, repeats: int = 5) 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (no sparsity), by device name.
 DATASHEET_BF16 = {"H100 SXM": 989.4e12, "H100 PCIe": 756.5e12, "H100": 989.4e12,
                   "H200": 989.4e12, "A100": 312e12}  # fmt: skip
-QUIET_LOAD = 0.5  # a CPU peak is cached only when measured with less load than this
+QUIET_LOAD = 0.3  # a CPU peak is cached only when fewer cores than this are busy elsewhere
 
 
 @dataclass(frozen=True)
@@ -231,14 +256,14 @@ def _write_cached(key: str, flops: float) -> None:
 def _measure(device: torch.device) -> Peak:
     """Measure now; on a quiet CPU cache the result for this machine and thread count."""
     key = _machine_key(device)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    load = busy_cores()[0] if device.type == "cpu" else 0.0
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # must not shift the model's initialisation
         flops = measure_peak_flops(str(device))
     if device.type == "cuda" or load < QUIET_LOAD:
         _write_cached(key, flops)
         return Peak(flops, f"measured now, large matmul ({key})")
-    return Peak(flops, f"measured now under load average {load:.1f}: MFU is overstated")
+    return Peak(flops, f"measured now with {load:.1f} cores busy elsewhere: MFU is overstated")
 
 
 def device_peak_flops(device: torch.device) -> Peak:
