@@ -151,16 +151,8 @@ class IsoFLOPResult:
     @classmethod
     def from_json(cls, data: Any, source: str) -> IsoFLOPResult:
         """Validate and rebuild what `to_json` wrote; errors name `source` and the key."""
-        if not isinstance(data, Mapping):
-            raise UserError(f"{source}: expected a JSON object, got {type(data).__name__}")
         get = _Reader(data, source)
-        params = get("params", _mapping(_number))
-        missing = [q for q in FRONTIER_PARAMS if q not in params]
-        if missing:
-            raise UserError(f"{source}: key 'params' lacks {', '.join(missing)} (IsoFLOP fit)")
-        boot = get("bootstrap_params", _list(_mapping(_number_or_null)), [])
-        if get("bootstrap_draws", _int, len(boot)) != len(boot):
-            raise UserError(f"{source}: key 'bootstrap_draws' disagrees with 'bootstrap_params'")
+        params, boot = get.params_and_draws(FRONTIER_PARAMS, "IsoFLOP fit", _number_or_null)
         return cls(
             params=params,
             budgets=get("budgets", _list(_budget), []),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -116,8 +116,6 @@ class FitResult:
     def from_json(cls, data: Any, source: str) -> FitResult:
         """Validate and rebuild what `to_json` wrote; `law` and `params` are required (so a
         hand-written {"law": ..., "params": ...} works). Errors name `source` and the key."""
-        if not isinstance(data, Mapping):
-            raise UserError(f"{source}: expected a JSON object, got {type(data).__name__}")
         get = _Reader(data, source)
         law = get("law", _str)
         spec = get("spec", _mapping(_any), {"name": law})
@@ -125,13 +123,7 @@ class FitResult:
             form = form_from_spec(spec)
         except (UserError, KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{source}: key 'spec' (law {law!r}) is not usable: {exc}") from exc
-        params = get("params", _mapping(_number))
-        missing = [q for q in form.params if q not in params]
-        if missing:
-            raise UserError(f"{source}: key 'params' lacks {', '.join(missing)} (law {law})")
-        boot = get("bootstrap_params", _list(_mapping(_number)), [])
-        if get("bootstrap_draws", _int, len(boot)) != len(boot):
-            raise UserError(f"{source}: key 'bootstrap_draws' disagrees with 'bootstrap_params'")
+        params, boot = get.params_and_draws(form.params, f"law {law}", _number)
         return cls(
             law=law,
             expression=get("expression", _str, form.expression),
@@ -264,8 +256,26 @@ def read_any_fit(path: str | Path, flag: str = "--fit") -> FitResult | IsoFLOPRe
 
 # ---------- checked conversion of JSON values (ValueError: what was wanted) ----------
 class _Reader:
-    def __init__(self, data: Mapping[str, Any], source: str) -> None:
+    def __init__(self, data: Any, source: str) -> None:
+        if not isinstance(data, Mapping):
+            raise UserError(f"{source}: expected a JSON object, got {type(data).__name__}")
         self.data, self.source = data, source
+
+    def params_and_draws(
+        self, names: Sequence[str], what: str, draw: Callable[[Any], float]
+    ) -> tuple[dict[str, float], list[dict[str, float]]]:
+        """`params` (every name in `names` required) and `bootstrap_params`, whose length
+        must agree with `bootstrap_draws` when that is given."""
+        params = self("params", _mapping(_number))
+        missing = [q for q in names if q not in params]
+        if missing:
+            raise UserError(f"{self.source}: key 'params' lacks {', '.join(missing)} ({what})")
+        boot = self("bootstrap_params", _list(_mapping(draw)), [])
+        if self("bootstrap_draws", _int, len(boot)) != len(boot):
+            raise UserError(
+                f"{self.source}: key 'bootstrap_draws' disagrees with 'bootstrap_params'"
+            )
+        return params, boot
 
     def __call__(self, key: str, convert: Callable[[Any], T], *default: T) -> T:
         if key not in self.data or (default and self.data[key] is None):
