@@ -84,3 +84,84 @@ def _ok(tmp_path):
 
 def test_defaults_are_valid():
     assert isinstance(config_from_dict({}), Config)
+
+
+def test_every_error_is_reported_at_once_one_line_each():
+    data = with_("model.n_heads", 5)
+    data["model"]["moe"]["top_k"] = 9
+    data["train"].update(lr=-1.0, lrate=0.1, micro_batch_size=5, batch_size=32)
+    data["data"] = {"val_fraction": 2.0}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "6 errors:"
+    assert [line.split(":")[0].strip() for line in lines[1:]] == [
+        "unknown key 'train.lrate'. Accepted keys in train",
+        "model.n_heads",
+        "model.moe.top_k",
+        "train.lr",
+        "train.micro_batch_size",
+        "data.val_fraction",
+    ]
+
+
+def test_a_section_with_a_bad_type_is_not_also_checked_for_values():
+    data = with_("model.d_model", "wide")
+    data["model"]["n_heads"] = 5  # against the default d_model it would be a second, false error
+    data["train"]["lr"] = 0.0
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data)
+    assert str(err.value).splitlines()[1:] == [
+        "  model.d_model: got 'wide', expected an integer.",
+        "  train.lr: got 0.0, must be positive.",
+    ]
+
+
+def test_load_config_names_the_file_once_for_several_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {lr: 0, tokens: 0}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (
+        f"{path}: 2 errors:\n  train.tokens: got 0, must be positive.\n"
+        "  train.lr: got 0.0, must be positive."
+    )
+
+
+WSD = {"schedule": "wsd", "warmup_tokens": 768, "tokens": 60 * 256, "batch_size": 8}
+
+
+@pytest.mark.parametrize(
+    "train,message",
+    [
+        ({"warmup_tokens": 60 * 256}, "train.warmup_tokens: got 15360, must be >= 0 and less than"),
+        ({"warmup_tokens": -1}, "train.warmup_tokens: got -1"),
+        ({"schedule": "cosine", "branch_tokens": [1000]}, "need train.schedule: wsd and"),
+        ({"warmup_tokens": None, "branch_tokens": [1000]}, "train.warmup_tokens set"),
+        ({"branch_tokens": [5000, 5000]}, "repeats a value"),
+        ({"branch_tokens": [60 * 256]}, "[15360] not between 0 and train.tokens"),
+        ({"branch_tokens": [300]}, "the decay of a 300-token run would start at step 1"),
+        ({"branch_tokens": [100]}, "run would start at step 0, outside this run's stable phase"),
+        ({"init_from": " "}, "train.init_from: empty"),
+    ],
+)
+def test_branch_keys_are_checked(train, message):
+    data = {"model": {"d_model": 64, "n_heads": 4, "seq_len": 32}, "train": {**WSD, **train}}
+    if message.startswith("the decay of a 300"):  # one step is in the stable phase: valid
+        assert config_from_dict(data).train.branch_tokens == [300]
+        return
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data)
+    assert message in str(err.value)
+
+
+def test_branch_keys_load_from_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {seq_len: 32}\ntrain: {schedule: wsd, warmup_tokens: 768, "
+                    "tokens: 15360, batch_size: 8, branch_tokens: [7680, 1.152e4]}\n")  # fmt: skip
+    cfg = load_config(path, ["train.init_from=runs/x/checkpoints/step_00000024.pt"])
+    assert cfg.train.branch_tokens == [7680, 11520] and cfg.train.warmup_tokens == 768
+    assert cfg.train.init_from == "runs/x/checkpoints/step_00000024.pt"
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_config(cfg))
+    assert load_config(again) == cfg

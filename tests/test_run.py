@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +15,11 @@ import pytest
 from moescale.run import (
     Col,
     RunDirError,
+    RunLock,
+    RunLockedError,
     RunSummary,
     config_diff,
+    lock_holder,
     read_metrics,
     read_summary,
     read_summary_or_none,
@@ -97,3 +102,51 @@ def test_config_diff_names_dotted_keys_and_ignores_out_dir():
 def test_reading_a_run_directory_needs_no_torch():
     code = "import sys, moescale.run, moescale.fmt; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+HOLD_LOCK = (
+    "import sys, time; from moescale.run import RunLock; RunLock(sys.argv[1]).acquire(); "
+    "print('locked', flush=True); time.sleep(120)"
+)
+
+
+def hold_lock(run_dir: Path) -> subprocess.Popen:
+    """A second process that holds `run_dir`'s lock until killed."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_lock_names_its_holder_and_dies_with_it(tmp_path: Path):
+    (tmp_path / "summary.json").write_text(json.dumps(summary(status="running").to_dict()))
+    assert read_summary(tmp_path).status == "interrupted"  # nobody ever held the lock
+    proc = hold_lock(tmp_path)
+    try:
+        assert lock_holder(tmp_path) == proc.pid
+        assert read_summary(tmp_path).status == "running"
+        with pytest.raises(RunLockedError, match=f"process {proc.pid} on "):
+            RunLock(tmp_path, retry_s=0.05).acquire()
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # the kernel drops the lock with the process
+        proc.wait()
+    assert lock_holder(tmp_path) is None
+    assert read_summary(tmp_path).status == "interrupted"
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "running"  # unwritten
+    with RunLock(tmp_path):
+        assert lock_holder(tmp_path) == os.getpid()
+        assert read_summary(tmp_path).status == "running"
+    assert lock_holder(tmp_path) is None and (tmp_path / ".lock").read_text() == ""
+
+
+def test_a_done_run_reads_done_without_a_lock(tmp_path: Path):
+    (tmp_path / "summary.json").write_text(json.dumps(summary(status="done").to_dict()))
+    assert read_summary(tmp_path).status == "done"
+    assert lock_holder(tmp_path / "missing") is None
+
+
+def test_config_diff_ignores_branch_points_and_what_the_caller_says():
+    a = {"train": {"tokens": 100, "branch_tokens": [50], "lr": 0.1}}
+    b = {"train": {"tokens": 200, "branch_tokens": [], "lr": 0.1}}
+    assert config_diff(a, b) == ["train.tokens: 100 -> 200"]
+    assert config_diff(a, b, ignore=frozenset({"train.tokens", "train.branch_tokens"})) == []

@@ -2,7 +2,8 @@
 
 Every config is a dataclass; `load_config` turns a YAML mapping into them, rejecting unknown keys
 and bad values with a `ConfigError` that names the dotted key and what it accepts, so a typo fails
-in the first second of a run instead of after an hour of training.
+in the first second of a run instead of after an hour of training. Every problem is reported at
+once, one line each (`moescale.validation` holds the value checks).
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ from typing import Any, Literal
 import yaml
 
 from moescale.errors import ConfigError
+from moescale.validation import (
+    ConfigErrors,
+    check_config,
+    validate_data,
+    validate_model,
+    validate_train,
+)
 
 RouterKind = Literal["softmax_after_topk", "softmax_before_topk", "sigmoid", "expert_choice"]
 ExpertInitKind = Literal["forward_scale", "fan_in", "scaled_weights"]
@@ -108,6 +116,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine and wsd decay to lr * min_lr_ratio
     schedule: ScheduleKind = "cosine"
     warmup_frac: float = 0.02
+    # linear warmup over this many tokens (whole steps, >= 1 when > 0) instead of warmup_frac:
+    # runs of different budgets then share one warmup (WSD decay branches need it)
+    warmup_tokens: int | None = None
     decay_frac: float = 0.2  # wsd: fraction of steps spent in the final decay
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -126,6 +137,9 @@ class TrainConfig:
     compile: bool = False
     noise_scale: bool = False  # estimate the gradient noise scale (needs accumulation > 1)
     noise_scale_window: int = 100  # steps the noise-scale estimate averages over
+    # wsd: keep the checkpoint where a run of each of these budgets would start its decay
+    branch_tokens: list[int] = field(default_factory=list)
+    init_from: str | None = None  # a checkpoint file a fresh run starts from (a decay branch)
 
 
 @dataclass
@@ -168,7 +182,7 @@ def _type_name(tp: Any) -> str:
     )
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
+def _coerce(tp: Any, value: Any, key: str, errors: ConfigErrors) -> Any:
     origin = typing.get_origin(tp)
     bad = ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}.")
     if origin in (typing.Union, types.UnionType):
@@ -179,10 +193,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise bad
         arms = [a for a in args if a is not type(None)]
         if len(arms) == 1:  # Optional[X]: X's own error is the informative one
-            return _coerce(arms[0], value, key)
+            return _coerce(arms[0], value, key, errors)
         for arg in arms:
             try:
-                return _coerce(arg, value, key)
+                return _coerce(arg, value, key, errors)
             except ConfigError:
                 continue
         raise bad
@@ -194,13 +208,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise bad
         (inner,) = typing.get_args(tp)
-        return [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(inner, v, f"{key}[{i}]", errors) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if value is None:
             value = {}
         if not isinstance(value, dict):
             raise bad
-        return _build(tp, value, key)
+        return _build(tp, value, key, errors)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -242,128 +256,36 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise bad
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def _build(cls: type, data: dict[str, Any], prefix: str, errors: ConfigErrors) -> Any:
+    """`cls` from `data`; a key that is unknown or fails to convert is recorded in `errors`
+    (and left at its default, so the remaining keys are still checked)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
             where = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(
-                f"unknown key '{where}'. Accepted keys{' in ' + prefix if prefix else ''}: "
-                + ", ".join(names)
-                + "."
-            )
+            section = f" in {prefix}" if prefix else ""
+            errors.add(where, f"unknown key '{where}'. Accepted keys{section}: {', '.join(names)}.")
     kwargs = {}
     for name in names:
         if name in data:
-            kwargs[name] = _coerce(hints[name], data[name], f"{prefix}.{name}" if prefix else name)
+            key = f"{prefix}.{name}" if prefix else name
+            try:
+                kwargs[name] = _coerce(hints[name], data[name], key, errors)
+            except ConfigError as exc:
+                errors.add(key, str(exc), unbuilt=True)
     return cls(**kwargs)
 
 
 # --------------------------------------------------------------------------------------------
-# Validation of values (types are checked while building)
-
-
-def _positive(key: str, value: float | int) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key}: got {value}, must be positive.")
-
-
-def validate_model(m: ModelConfig) -> None:
-    for name in ("d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "seq_len"):
-        _positive(f"model.{name}", getattr(m, name))
-    _positive("model.init_std", m.init_std)
-    _positive("model.rope_theta", m.rope_theta)
-    _positive("model.norm_eps", m.norm_eps)
-    if m.d_model % m.n_heads:
-        raise ConfigError(
-            f"model.n_heads: {m.n_heads} does not divide model.d_model = {m.d_model}; "
-            "choose n_heads among the divisors of d_model."
-        )
-    if m.head_dim % 2:
-        raise ConfigError(
-            f"model.n_heads: head size d_model / n_heads = {m.head_dim} must be even for RoPE."
-        )
-    if m.vocab_size > 2**32:
-        raise ConfigError("model.vocab_size: at most 2**32 tokens are supported.")
-    if m.moe is None:
-        return
-    e = m.moe
-    for name in ("experts", "granularity", "top_k", "every"):
-        _positive(f"model.moe.{name}", getattr(e, name))
-    if e.shared_experts < 0:
-        raise ConfigError(f"model.moe.shared_experts: got {e.shared_experts}, must be >= 0.")
-    if e.top_k > e.experts:
-        raise ConfigError(
-            f"model.moe.top_k: {e.top_k} is more than model.moe.experts = {e.experts}; "
-            f"top_k must be between 1 and {e.experts}."
-        )
-    if m.d_ff % e.granularity:
-        divisors = [g for g in range(1, min(m.d_ff, 64) + 1) if m.d_ff % g == 0]
-        raise ConfigError(
-            f"model.moe.granularity: {e.granularity} does not divide model.d_ff = {m.d_ff}; "
-            f"accepted values include {divisors}."
-        )
-    if e.capacity_factor is not None:
-        _positive("model.moe.capacity_factor", e.capacity_factor)
-    if e.aux_loss_coef < 0 or e.z_loss_coef < 0 or e.bias_update_rate < 0:
-        raise ConfigError(
-            "model.moe: aux_loss_coef, z_loss_coef and bias_update_rate must be >= 0."
-        )
-    if e.bias_update_rate > 0 and e.router != "sigmoid":
-        raise ConfigError(
-            "model.moe.bias_update_rate: aux-loss-free bias balancing needs router: sigmoid."
-        )
-    if e.router == "softmax_after_topk" and e.active_experts == 1:
-        raise ConfigError(
-            "model.moe.router: softmax_after_topk with one expert per token (top_k x granularity "
-            "= 1) gives that expert weight 1 always, so the router gets no gradient from the "
-            "language-model loss. Use router: softmax_before_topk (the Switch Transformer "
-            "top-1 recipe) or route each token to at least 2 experts."
-        )
-    if e.normalize_topk is None:
-        e.normalize_topk = e.router == "sigmoid"
-
-
-def validate_train(t: TrainConfig) -> None:
-    for name in ("tokens", "batch_size", "lr", "log_every", "eval_every", "eval_tokens"):
-        _positive(f"train.{name}", getattr(t, name))
-    _positive("train.checkpoint_every", t.checkpoint_every)
-    _positive("train.noise_scale_window", t.noise_scale_window)
-    _positive("train.keep_checkpoints", t.keep_checkpoints)
-    if t.micro_batch_size is not None:
-        _positive("train.micro_batch_size", t.micro_batch_size)
-        if t.batch_size % t.micro_batch_size:
-            raise ConfigError(
-                f"train.micro_batch_size: {t.micro_batch_size} does not divide train.batch_size = "
-                f"{t.batch_size}; pick a divisor of the batch size."
-            )
-    for name in ("warmup_frac", "decay_frac", "min_lr_ratio"):
-        v = getattr(t, name)
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"train.{name}: got {v}, must be between 0 and 1.")
-    if not (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1):
-        raise ConfigError("train.beta1 / train.beta2: must be in [0, 1).")
-    _positive("train.eps", t.eps)
-    if t.weight_decay < 0 or t.grad_clip < 0:
-        raise ConfigError("train.weight_decay / train.grad_clip: must be >= 0.")
-    if t.threads < 0:
-        raise ConfigError(f"train.threads: got {t.threads}, must be >= 0 (0: automatic).")
-    if t.seed < 0:
-        raise ConfigError(f"train.seed: got {t.seed}, must be >= 0.")
-
-
-def validate_data(d: DataConfig) -> None:
-    if not 0.0 < d.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction: got {d.val_fraction}, must be between 0 and 1.")
-    if isinstance(d.corpus, list) and not d.corpus:
-        raise ConfigError("data.corpus: the list of files is empty; give paths or 'bundled'.")
+# Validation of values (types are checked while building; the checks are moescale.validation's)
 
 
 def validate(cfg: Config) -> Config:
-    validate_model(cfg.model)
-    validate_train(cfg.train)
-    validate_data(cfg.data)
+    """`cfg`, or one ConfigError listing every problem (one line each, naming key and fix)."""
+    errors = ConfigErrors()
+    check_config(cfg, errors)
+    errors.raise_if_any()
     return cfg
 
 
@@ -396,9 +318,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
+    """A validated Config, or one ConfigError listing every unknown key and bad value."""
     if not isinstance(data, dict):
         raise ConfigError("the config must be a YAML mapping with sections model, train, data.")
-    return validate(_build(Config, data, ""))
+    errors = ConfigErrors()
+    cfg = _build(Config, data, "", errors)
+    # a section that failed to build holds defaults in place of the bad values: its value
+    # checks would report on values the user never wrote
+    check_config(cfg, errors, skip=errors.sections())
+    errors.raise_if_any()
+    return cfg
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -428,3 +357,22 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+__all__ = [
+    "Config",
+    "ConfigErrors",
+    "DataConfig",
+    "ModelConfig",
+    "MoEConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "dump_config",
+    "load_config",
+    "read_yaml",
+    "validate",
+    "validate_data",
+    "validate_model",
+    "validate_train",
+]

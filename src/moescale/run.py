@@ -3,16 +3,24 @@
 The trainer writes a run directory; the laws, the results table, the demo and the tests read it.
 Everything they agree on lives here: the paths, what `summary.json` holds (`RunSummary`), the
 keys of `metrics.jsonl` records (`Metric`), the results-table column names (`Col`), and the
-config diff that decides whether a directory holds "the same run". A reader given a partial or
-corrupt directory raises `RunDirError`, naming the file and what is wrong with it.
+config diff that decides whether a directory holds "the same run", and the lock that keeps two
+processes from training one directory. A reader given a partial or corrupt directory raises
+`RunDirError`, naming the file and what is wrong with it.
 
     run_dir/
       config.yaml      resolved config (written once; a different config is refused)
       summary.json     RunSummary: status, val_loss, every parameter and FLOP convention, ...
       metrics.jsonl    one JSON object per logged step; eval records carry val_loss
       train.log        the run's log lines (appended across resumes)
-      checkpoints/     step_XXXXXXXX.pt, the newest `train.keep_checkpoints`
+      checkpoints/     step_XXXXXXXX.pt, the newest `train.keep_checkpoints` (+ branch points)
+      tokenizer.json   the tokenizer the run trained with (when it came from prepare_data)
+      .lock            flock-ed by the training process; holds "PID HOST"
       events.out.tfevents.*   TensorBoard
+
+Status: summary.json says `running` from the start of training; a reader sees `interrupted`
+instead when no process holds `.lock` (the kernel drops an flock when its process dies, so on
+one machine this is exact: a SIGKILL-ed or Ctrl-C-ed run reads `interrupted`, never `running`
+forever).
 """
 
 from __future__ import annotations
@@ -20,6 +28,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import socket
+import time
 import types
 import typing
 from collections.abc import Mapping
@@ -31,7 +42,8 @@ from moescale.atomic import atomic_write_json
 from moescale.errors import UserError
 
 STATUSES = ("running", "done", "failed", "interrupted")
-RUN_INDEPENDENT = frozenset({"train.out_dir", "train.threads"})
+# keys that do not define the run: where it lives, its threads, which checkpoints it keeps
+RUN_INDEPENDENT = frozenset({"train.out_dir", "train.threads", "train.branch_tokens"})
 
 
 class Col:
@@ -109,6 +121,14 @@ class RunPaths:
     def checkpoints(self) -> Path:
         return self.dir / "checkpoints"
 
+    @property
+    def tokenizer(self) -> Path:
+        return self.dir / "tokenizer.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.dir / ".lock"
+
     def event_files(self) -> list[Path]:
         return sorted(self.dir.glob("events.out.tfevents.*"))
 
@@ -151,7 +171,10 @@ class RunSummary:
     val_bpb: float | None = None  # bits per byte (None without a tokenizer, e.g. token arrays)
     eval_tokens: int = 0  # tokens the validation sample holds
     tokenizer_sha256: str | None = None  # the tokenizer the run used (runs compare only if equal)
-    wall_time_s: float = 0.0
+    wall_time_s: float = 0.0  # this run directory's own training time, summed across resumes
+    start_step: int = 0  # the step it started from: that of train.init_from's checkpoint, or 0
+    init_from: str | None = None  # the checkpoint it continued (train.init_from)
+    flops_spent: float = 0.0  # exact FLOPs this directory computed: (steps - start_step) steps
     noise_scale: float | None = None  # B_simple over the final train.noise_scale_window steps
     noise_scale_loss: float | None = None  # mean training loss over those steps
     noise_scale_unit: str = "tokens"
@@ -208,7 +231,10 @@ def _checked(tp: Any, value: Any, where: str) -> Any:
 
 
 def read_summary(run_dir: str | Path) -> RunSummary:
-    """The summary of a run directory, or a RunDirError naming the file and the problem."""
+    """The summary of a run directory, or a RunDirError naming the file and the problem.
+
+    A summary that says `running` while no process holds the run's lock reads `interrupted`:
+    its process died (killed, Ctrl-C, machine reboot) and re-running it resumes."""
     path = RunPaths(Path(run_dir)).summary
     if not path.is_file():
         raise RunDirError(
@@ -219,7 +245,10 @@ def read_summary(run_dir: str | Path) -> RunSummary:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise RunDirError(f"{path} is not readable JSON ({exc}); retrain with --force") from None
-    return RunSummary.from_dict(data, str(path))
+    summary = RunSummary.from_dict(data, str(path))
+    if summary.status == "running" and lock_holder(run_dir) is None:
+        summary.status = "interrupted"
+    return summary
 
 
 def read_summary_or_none(run_dir: str | Path) -> RunSummary | None:
@@ -254,6 +283,118 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# The run lock: one training process per run directory
+
+
+class RunLockedError(UserError):
+    """Another process is training this run directory."""
+
+
+def _fcntl() -> Any:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking, status stays as written
+        return None
+    return fcntl
+
+
+def _lock_owner(path: Path) -> tuple[int | None, str]:
+    """(pid, host) written in a lock file; (None, "") while its holder has not written them."""
+    try:
+        parts = path.read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return None, ""
+    pid = int(parts[0]) if parts and parts[0].isdigit() else None
+    return pid, parts[1] if len(parts) > 1 else ""
+
+
+class RunLock:
+    """`with RunLock(run_dir):` holds an exclusive flock on `run_dir/.lock` (created if needed)
+    and writes "PID HOST" into it; a RunLockedError names the holder when another process
+    trains the directory.
+
+    The kernel drops the lock when its process dies, however it dies, so a lock is never stale.
+    The file itself is never deleted: unlinking it while a second process waits on the old
+    inode would let a third lock a new file, and two processes would train one run. Acquiring
+    retries for `retry_s`, because `lock_holder` probes hold a shared lock for microseconds."""
+
+    def __init__(self, run_dir: str | Path, retry_s: float = 0.5) -> None:
+        self.path = RunPaths(Path(run_dir)).lock
+        self.retry_s = retry_s
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            raise RuntimeError(f"{self.path} is already held by this RunLock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl = _fcntl()
+        deadline = time.monotonic() + self.retry_s
+        while fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise RunLockedError(self._held_message()) from None
+                time.sleep(0.02)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+
+    def _held_message(self) -> str:
+        pid, host = _lock_owner(self.path)
+        who = (f"process {pid}" if pid is not None else "another process") + (
+            f" on {host}" if host else "")  # fmt: skip
+        return (f"{self.path.parent} is being trained by {who} (it holds {self.path}); wait for "
+                "it to finish, stop it, or train into another train.out_dir.")  # fmt: skip
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.ftruncate(fd, 0)  # the pid of a finished process would mislead a reader
+            os.close(fd)  # closing the only descriptor drops the flock
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_holder(run_dir: str | Path) -> int | None:
+    """The pid of the process training `run_dir`, or None when no process is.
+
+    Probes with a shared non-blocking flock that it drops at once (it never keeps the lock).
+    -1 means held by a process that has not yet written its pid (the first microseconds of a
+    run), or a lock file this user cannot open. Also None where flock does not exist."""
+    path = RunPaths(Path(run_dir)).lock
+    fcntl = _fcntl()
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        for _ in range(50):
+            pid, _host = _lock_owner(path)
+            if pid is not None:
+                return pid
+            time.sleep(0.01)
+        return -1
+    finally:
+        os.close(fd)  # closing drops the probe's shared lock, if it got one
+    return None
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}: the dotted keys of `--set` and of error messages."""
     out: dict[str, Any] = {}
@@ -266,14 +407,18 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+def config_diff(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    ignore: frozenset[str] = RUN_INDEPENDENT,
+) -> list[str]:
     """'key: old -> new' for every dotted key whose value differs, except the keys that do not
-    define the run (RUN_INDEPENDENT: where it lives, how many threads it uses)."""
+    define the run (`ignore`; by default RUN_INDEPENDENT: where it lives, its threads, ...)."""
     a, b = flatten(saved), flatten(current)
     return [
         f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
         for k in sorted(set(a) | set(b))
-        if k not in RUN_INDEPENDENT and not _same(a.get(k), b.get(k))
+        if k not in ignore and not _same(a.get(k), b.get(k))
     ]
 
 
@@ -288,10 +433,13 @@ __all__ = [
     "Col",
     "Metric",
     "RunDirError",
+    "RunLock",
+    "RunLockedError",
     "RunPaths",
     "RunSummary",
     "config_diff",
     "flatten",
+    "lock_holder",
     "read_metrics",
     "read_summary",
     "read_summary_or_none",

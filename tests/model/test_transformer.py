@@ -80,8 +80,12 @@ def test_router_bias_balancing_moves_toward_underloaded_experts():
 def test_torch_compile_matches_eager_across_routings():
     """The expert compute is excluded from compilation (it would recompile for every routing);
     the compiled model must still agree with eager, forward and backward."""
+    from moescale.model import experts
+
     torch.manual_seed(0)
     model = build_model(tiny(experts=4, granularity=2, top_k=1))
+    experts.exclude_from_compile()  # what the trainer does before compiling
+    assert experts.expert_forward._moescale_eager
     compiled = torch.compile(model)
     for seed in range(3):  # different inputs, different expert counts
         x = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(seed))

@@ -101,3 +101,19 @@ def test_old_pickled_checkpoint_is_skipped_with_a_reason(tmp_path: Path, caplog)
     with caplog.at_level("WARNING", logger="moescale"):
         assert load_latest(tmp_path) is None
     assert "older moescale" in caplog.text
+
+
+def test_protected_checkpoints_survive_pruning(tmp_path: Path):
+    for step in (10, 14, 20, 27, 30, 40):
+        save_checkpoint(tmp_path, step, state(step), keep=1, protected=frozenset({14, 27}))
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [14, 27, 40]
+    save_checkpoint(tmp_path, 50, state(50), keep=1)  # unprotected, they would go
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [50]
+
+
+def test_checkpoint_paths_need_no_torch():
+    code = ("import sys; from moescale.train.checkpoint import checkpoint_path; "
+            "from moescale.train.optim import decay_start_step; "
+            "from moescale.train.branch import branch_checkpoint; "
+            "assert 'torch' not in sys.modules")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -73,3 +74,31 @@ def test_weight_decay_only_on_matrices_not_embedding_or_router():
     assert all("norm" not in n for n in decay_names)
     assert decay["weight_decay"] == 0.1 and other["weight_decay"] == 0.0
     assert len(decay_names) + len(other_names) == len(list(model.parameters()))
+
+
+def test_warmup_tokens_sets_the_same_warmup_for_every_budget():
+    t = cfg(schedule="wsd", warmup_tokens=1000)
+    assert warmup_steps(100, 0.1, 1000, 100) == 10
+    assert warmup_steps(7, 0.1, 1000, 100) == 7  # never longer than the run
+    assert warmup_steps(100, 0.1, 30, 100) == 1  # a positive warmup lasts at least one step
+    assert warmup_steps(100, 0.1, 0, 100) == 0
+    assert [lr_at(s, 50, t, 100) for s in range(12)] == [lr_at(s, 400, t, 100) for s in range(12)]
+    assert lr_at(4, 50, t, 100) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="tokens_per_step"):
+        lr_at(0, 50, t)
+
+
+def test_decay_start_step_is_where_lr_at_leaves_the_peak():
+    from moescale.train.optim import branch_steps, decay_start_step
+
+    t = TrainConfig(lr=1.0, schedule="wsd", decay_frac=0.2, batch_size=8, warmup_tokens=768,
+                    tokens=60 * 256, branch_tokens=[30 * 256, 45 * 256 + 100])  # fmt: skip
+    assert decay_start_step(t, 32) == 48
+    assert branch_steps(t, 32) == {30 * 256: 24, 45 * 256 + 100: 36}
+    for tokens in (30 * 256, 45 * 256 + 100, 61 * 256 - 1):
+        s, total = decay_start_step(t, 32, tokens), tokens // 256
+        assert lr_at(s - 1, total, t, 256) == 1.0 > lr_at(s, total, t, 256)
+        # the trunk's lr up to that step is the budget's: a branch continues the same schedule
+        trunk = [lr_at(k, 60, t, 256) for k in range(s)]
+        assert trunk == [lr_at(k, total, t, 256) for k in range(s)]
+    assert decay_start_step(dataclasses.replace(t, schedule="cosine"), 32) == 60

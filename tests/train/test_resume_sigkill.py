@@ -1,5 +1,6 @@
-"""SIGKILL a real `moescale train` process mid-run; re-running the same command must give the
-same per-step losses as a run that was never interrupted (CPU, float32, one thread)."""
+"""SIGKILL a real `moescale train` process mid-run: the run reads `interrupted`, and re-running
+the same command must give the same per-step losses as a run that was never interrupted (CPU,
+float32, one thread). The finished run directory holds its tokenizer."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import time
 from pathlib import Path
 
 from moescale.config import load_config
-from moescale.run import read_metrics
+from moescale.data.cache import sha256_file
+from moescale.run import lock_holder, read_metrics, read_summary
 from moescale.train import train
 
 WORDS = (
@@ -86,6 +88,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path):
     killed_after = last_step(run)
     assert 10 < killed_after < STEPS, f"kill missed the run (seed {seed}, step {killed_after})"
     assert json.loads((run / "summary.json").read_text())["status"] == "running"
+    assert lock_holder(run) is None  # the kernel dropped the dead process's lock
+    assert read_summary(run).status == "interrupted"
 
     again = subprocess.run(command(cfg, run), env=env(), capture_output=True, text=True,
                            timeout=120)  # fmt: skip
@@ -98,3 +102,4 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path):
     assert summary["status"] == "done"
     assert summary["val_loss"] == ref_summary.val_loss
     assert summary["noise_scale"] == ref_summary.noise_scale
+    assert sha256_file(run / "tokenizer.json") == summary["tokenizer_sha256"]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from moescale.errors import ConfigError
+from moescale.errors import ConfigError, UserError
 from moescale.run import RunSummary, read_metrics, read_summary
 from moescale.train import step as step_mod
 from moescale.train import trainer as trainer_mod
@@ -61,6 +65,7 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, tiny_data):
     with pytest.raises(KeyboardInterrupt), log_lines(stop_at="step 25/"):
         train(cfg, data=tiny_data)
     assert max(losses(tmp_path / "run")) == 25
+    assert read_summary(tmp_path / "run").status == "interrupted"  # not "running" forever
     with log_lines() as lines:
         out = train(cfg, data=tiny_data)
     assert any("resuming" in line and "step 20" in line for line in lines)
@@ -170,3 +175,45 @@ def test_summary_records_uncertainty_bytes_and_every_convention(tmp_path: Path, 
     assert s.params_total_no_router == s.params_total - s.params_router
     assert s.params_active_no_router == s.params_active - s.params_router
     assert s.flops_routing_aware == pytest.approx(s.flops_per_token_routing_aware * s.tokens)
+
+
+def test_second_process_on_the_same_run_dir_is_refused(tmp_path: Path, tiny_data):
+    run = tmp_path / "run"
+    hold = ("import sys, time; from moescale.run import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('locked', flush=True); time.sleep(120)")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=f"being trained by process {proc.pid}"):
+            train(tiny_config(run, tokens=5 * 8 * 32), data=tiny_data)
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing else written
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert train(tiny_config(run, tokens=5 * 8 * 32), data=tiny_data).status == "done"
+
+
+def test_missing_cuda_fails_before_the_data_step(tmp_path: Path, monkeypatch):
+    import moescale.data
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data step ran before the device was checked")
+
+    monkeypatch.setattr(moescale.data, "prepare_data", no_data)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="train.device: 'cuda' was asked for"):
+        train(tiny_config(tmp_path / "run", device="cuda"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_dir_holds_the_tokenizer(tmp_path: Path, tiny_data):
+    from moescale.train.trainer import ArrayData
+
+    tok = tmp_path / "cache" / "tokenizer.json"
+    tok.parent.mkdir()
+    tok.write_text('{"model": "bpe"}')
+    data = ArrayData(tiny_data.train_tokens, tiny_data.val_tokens, tokenizer_path=tok)
+    train(tiny_config(tmp_path / "run", tokens=3 * 8 * 32), data=data)
+    assert (tmp_path / "run" / "tokenizer.json").read_bytes() == tok.read_bytes()
+    assert not list((tmp_path / "run").glob(".tokenizer.json.tmp-*"))

@@ -4,6 +4,10 @@
 
 A finished run (summary.json status done) is not retrained: the command prints where the
 results are. --force starts over, deleting the run directory's checkpoints and metrics.
+Another process training the same run directory is refused (exit status 2, naming its pid).
+`--set train.init_from=RUN/checkpoints/step_XXXXXXXX.pt` starts a fresh run directory from that
+checkpoint of a run of the same config (continued pre-training, or a WSD decay branch with
+`--set train.tokens=D`: see moescale.train.branch).
 Exit status: 0 when the run is done, 1 when it failed (summary.json says why).
 """
 

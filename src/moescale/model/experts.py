@@ -166,9 +166,6 @@ def grouped_experts(
 BACKENDS: dict[str, Backend] = {"reference": reference_experts, "grouped": grouped_experts}
 
 
-# torch.compile would specialise on every routing's token counts and recompile without end; the
-# expert compute runs eagerly (it is a few large matmuls) while the rest of the model compiles.
-@torch.compiler.disable
 def expert_forward(
     x_TD: torch.Tensor,
     expert_idx_TK: torch.Tensor,
@@ -179,3 +176,14 @@ def expert_forward(
 ) -> torch.Tensor:
     fn = BACKENDS["grouped" if backend == "auto" else backend]
     return fn(x_TD, expert_idx_TK, weight_TK, w13_XDH, w2_XFD)
+
+
+def exclude_from_compile() -> None:
+    """Before `torch.compile` of a model: run the expert compute eagerly. Compiled, it would
+    specialise on every routing's token counts and recompile without end (it is a few large
+    matmuls; the rest of the model compiles). Not a decorator: `torch.compiler.disable` imports
+    torch._dynamo, about a second of start-up that every run of a study would pay."""
+    global expert_forward
+    if not getattr(expert_forward, "_moescale_eager", False):
+        expert_forward = torch.compiler.disable(expert_forward)
+        expert_forward._moescale_eager = True  # type: ignore[attr-defined]

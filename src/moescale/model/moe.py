@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from moescale.config import MoEConfig
-from moescale.model.experts import expert_forward
+from moescale.model import experts
 
 
 @dataclass
@@ -216,7 +216,7 @@ class MoEFFN(nn.Module):
         bias = self.expert_bias_X if self.cfg.bias_update_rate > 0 else None
         r = route(logits_TX, self.cfg, bias, prior_counts_X)
         weight_TK = r.weight_TK * self.out_scale if self.out_scale != 1.0 else r.weight_TK
-        y_TD = expert_forward(
+        y_TD = experts.expert_forward(
             x_TD,
             r.expert_idx_TK,
             weight_TK,

@@ -9,6 +9,10 @@ Files are written atomically (`moescale.atomic`): a process killed mid-write lea
 `.step_*.tmp-*` file, which nothing reads and the next save removes. Loading tries the newest
 first and skips, with a warning, any that fails to load, so a damaged file costs at most
 `train.checkpoint_every` steps.
+
+Pruning keeps the newest `train.keep_checkpoints` and never deletes a protected step: the
+branch points of `train.branch_tokens` (moescale.train.optim.branch_steps). Importing this
+module does not import torch, so `checkpoint_path` serves torch-free callers (a study driver).
 """
 
 from __future__ import annotations
@@ -18,12 +22,12 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from moescale.atomic import atomic_write
-from moescale.train.device import rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +42,14 @@ class TrainerState:
     val_loss: float | None = None
     val_loss_se: float | None = None
     val_bpb: float | None = None
-    wall_time_s: float = 0.0
+    wall_time_s: float = 0.0  # this run directory's own training time
     noise: dict[str, Any] | None = None  # NoiseScaleEstimator.state_dict()
+    start_step: int = 0  # the step the run directory started from (train.init_from), else 0
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
-    return directory / f"step_{step:08d}.pt"
+    """The checkpoint of `step` in `directory` (a run's `checkpoints/`)."""
+    return Path(directory) / f"step_{step:08d}.pt"
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
@@ -58,19 +64,31 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep` ones."""
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    state: dict[str, Any],
+    keep: int,
+    protected: frozenset[int] = frozenset(),
+) -> Path:
+    """Write checkpoint `step` atomically, then delete all but the newest `keep` ones, never
+    one of the `protected` steps (nor counting them among the `keep`)."""
+    import torch
+
     path = checkpoint_path(directory, step)
     atomic_write(path, lambda f: torch.save(state, f))
     for p in directory.glob(".step_*.tmp-*"):  # leftovers of a process killed mid-write
         p.unlink(missing_ok=True)
-    for _, old in list_checkpoints(directory)[:-keep]:
+    prunable = [(s, p) for s, p in list_checkpoints(directory) if s not in protected]
+    for _, old in prunable[:-keep]:
         old.unlink(missing_ok=True)
     return path
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint's state dict, loaded without unpickling arbitrary objects."""
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -104,6 +122,8 @@ def capture(
     config: dict[str, Any],
 ) -> dict[str, Any]:
     """Everything a resumed run needs to replay step+1... bit for bit."""
+    from moescale.train.device import rng_state
+
     return {
         "format": FORMAT,
         "step": step,
@@ -120,6 +140,8 @@ def restore(
 ) -> TrainerState:
     """Load a captured state into the model, the optimizer and the RNGs; return the trainer's
     counters."""
+    from moescale.train.device import set_rng_state
+
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])

@@ -9,11 +9,19 @@ coefficient. Norm gains (1-D) are never decayed.
 Schedules are pure functions of the optimizer step, so a resumed run needs only the step.
 Steps are counted from 0 here (`lr_at(0, ...)` is the lr of the first update):
 
-- linear warmup over `warmup_steps = round(warmup_frac * total)`: lr * (step + 1) / warmup_steps;
+- linear warmup over `warmup_steps = round(warmup_frac * total)`, or, with `warmup_tokens`,
+  `max(1, round(warmup_tokens / tokens_per_step))` steps (0 tokens: none), so that runs of
+  different budgets share one warmup: lr * (step + 1) / warmup_steps;
 - `constant`: lr after warmup;
 - `cosine`: from lr at the first post-warmup step to lr * min_lr_ratio at the last step;
 - `wsd`: lr until the last `round(decay_frac * total)` steps, then linear down to
   lr * min_lr_ratio, reached at the last step.
+
+WSD decay branches (Hägele et al. 2024): with `warmup_tokens` set, a wsd run of any budget has
+the same lr at every step before its decay starts, so one long run's checkpoint at
+`decay_start_step(t, seq_len, tokens=D)` is exactly where a run of budget D would start its
+decay; a branch that continues from it (`train.init_from`) reproduces the run of budget D.
+Everything here is torch-free, so a study driver computes these steps without torch.
 """
 
 from __future__ import annotations
@@ -27,14 +35,52 @@ if TYPE_CHECKING:
     import torch
 
 
-def warmup_steps(total: int, warmup_frac: float) -> int:
-    return min(total, round(warmup_frac * total))
+def warmup_steps(
+    total: int,
+    warmup_frac: float,
+    warmup_tokens: int | None = None,
+    tokens_per_step: int | None = None,
+) -> int:
+    """Steps of linear warmup in a run of `total` steps: a share of them, or `warmup_tokens`
+    in whole steps (at least one when > 0), whatever the run's length."""
+    if warmup_tokens is None:
+        return min(total, round(warmup_frac * total))
+    if not tokens_per_step or tokens_per_step <= 0:
+        raise ValueError("warmup_tokens needs tokens_per_step (batch_size x seq_len)")
+    if warmup_tokens <= 0:
+        return 0
+    return min(total, max(1, round(warmup_tokens / tokens_per_step)))
 
 
-def lr_at(step: int, total: int, t: TrainConfig) -> float:
-    """Learning rate of the update at 0-based `step` of a run of `total` steps."""
+def decay_steps(total: int, warm: int, t: TrainConfig) -> int:
+    """wsd: steps of the final decay (the last of the run); 0 for the other schedules."""
+    return min(total - warm, round(t.decay_frac * total)) if t.schedule == "wsd" else 0
+
+
+def total_steps(t: TrainConfig, seq_len: int, tokens: int | None = None) -> int:
+    """Optimizer steps of a run of `tokens` (default `t.tokens`): whole steps only."""
+    return (t.tokens if tokens is None else tokens) // (t.batch_size * seq_len)
+
+
+def decay_start_step(t: TrainConfig, seq_len: int, tokens: int | None = None) -> int:
+    """The number of steps a wsd run of `tokens` (default `t.tokens`) trains at the peak lr
+    (warmup included) before its decay: the step of the checkpoint a decay branch of that
+    budget starts from. For cosine and constant schedules, the run's last step."""
+    total = total_steps(t, seq_len, tokens)
+    warm = warmup_steps(total, t.warmup_frac, t.warmup_tokens, t.batch_size * seq_len)
+    return total - decay_steps(total, warm, t)
+
+
+def branch_steps(t: TrainConfig, seq_len: int) -> dict[int, int]:
+    """{budget D: its decay-start step} for every D in `t.branch_tokens`."""
+    return {d: decay_start_step(t, seq_len, tokens=d) for d in t.branch_tokens}
+
+
+def lr_at(step: int, total: int, t: TrainConfig, tokens_per_step: int | None = None) -> float:
+    """Learning rate of the update at 0-based `step` of a run of `total` steps
+    (`tokens_per_step` converts `t.warmup_tokens` into steps; needed only when it is set)."""
     peak, floor = t.lr, t.lr * t.min_lr_ratio
-    warm = warmup_steps(total, t.warmup_frac)
+    warm = warmup_steps(total, t.warmup_frac, t.warmup_tokens, tokens_per_step)
     if step < warm:
         return peak * (step + 1) / warm
     if t.schedule == "constant":
@@ -44,7 +90,7 @@ def lr_at(step: int, total: int, t: TrainConfig) -> float:
         progress = min(1.0, (step - warm) / span) if span > 0 else 1.0
         return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if t.schedule == "wsd":
-        decay = min(total - warm, round(t.decay_frac * total))
+        decay = decay_steps(total, warm, t)
         start = total - decay
         if decay <= 0 or step < start:
             return peak

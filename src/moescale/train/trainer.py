@@ -1,10 +1,12 @@
 """Training one model: one config in, one run directory out; killed runs resume exactly.
 
-Read it top to bottom: `train()` checks the run directory (already done? the same config?),
-builds a `Trainer` (data, device, model, optimizer, then the newest checkpoint if there is one),
-and runs it. `Trainer.run()` repeats `train_step` (moescale.train.step), and on its schedule logs
-a line, evaluates and checkpoints; the summary (moescale.run.RunSummary) is rewritten at start,
-on failure and at the end. The run directory's layout is described in moescale.run.
+Read it top to bottom: `train()` locks the run directory (moescale.run.RunLock: a second
+process training it is refused), checks it (moescale.train.rundir: already done? the same
+config?), builds a `Trainer` (device, data, model, optimizer, then the newest checkpoint, or
+`train.init_from`'s: moescale.train.branch), and runs it. `Trainer.run()` repeats `train_step`
+(moescale.train.step), and on its schedule logs a line, evaluates and checkpoints (also at the
+branch points of `train.branch_tokens`, kept forever); the summary (moescale.run.RunSummary) is
+rewritten at start, on failure and at the end. The run directory's layout is in moescale.run.
 
 Determinism: optimizer step s (1-based) trains on `BatchSampler.batch(s - 1, batch_size)`, split
 into consecutive micro-batches; the model is initialised from `train.seed`; checkpoints hold the
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,13 @@ import torch
 
 from moescale.accounting import count
 from moescale.atomic import atomic_write_text
-from moescale.config import Config, config_from_dict, dump_config, read_yaml
+from moescale.config import Config, dump_config
 from moescale.console import log_to_file
-from moescale.errors import ConfigError, UserError
 from moescale.fmt import duration, human
 from moescale.model import build_model
-from moescale.run import Metric, RunPaths, RunSummary, config_diff, read_summary_or_none
-from moescale.train import checkpoint
+from moescale.model.experts import exclude_from_compile
+from moescale.run import Metric, RunLock, RunPaths, RunSummary
+from moescale.train import branch, checkpoint
 from moescale.train.device import (
     autocast_for,
     device_peak_flops,
@@ -49,7 +50,8 @@ from moescale.train.device import (
 from moescale.train.evaluate import evaluate
 from moescale.train.metrics import MetricsLog, TensorBoard, console_line
 from moescale.train.noise_scale import NoiseScaleEstimator
-from moescale.train.optim import build_optimizer, lr_at, set_lr
+from moescale.train.optim import branch_steps, build_optimizer, lr_at, set_lr
+from moescale.train.rundir import check_run_dir, clear_run, copy_tokenizer, plan_steps
 from moescale.train.step import NonFiniteError, StepOptions, StepResult, train_step
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class ArrayData:
     val_tokens: np.ndarray
     token_bytes: np.ndarray | None = None
     tokenizer_sha256: str | None = None
+    tokenizer_path: Path | None = None  # copied into the run directory when given
 
 
 def train(cfg: Config, data: TokenData | None = None, force: bool = False) -> RunSummary:
@@ -79,77 +82,31 @@ def train(cfg: Config, data: TokenData | None = None, force: bool = False) -> Ru
 
     A finished run is not retrained unless `force`; a different config in an existing run
     directory is a ConfigError; a non-finite loss returns a summary with status 'failed' and
-    keeps the last good checkpoint. Log lines go to the "moescale" logger and to train.log."""
+    keeps the last good checkpoint. Log lines go to the "moescale" logger and to train.log.
+    Another process training the same directory is a UserError naming its pid."""
     plan_steps(cfg)  # a config that cannot train fails before anything is touched
+    resolve_device(cfg.train.device)  # so does a device this machine does not have
     paths = RunPaths(Path(cfg.train.out_dir or "runs/run"))
-    if force:
-        clear_run(paths)
-    previous = check_run_dir(paths, cfg)
-    if previous is not None and previous.status == "done":
-        logger.info(
-            "train: %s is already trained (val_loss %s); results in %s and %s. Use --force to "
-            "train again.", paths.dir, previous.val_loss, paths.summary, paths.metrics,
-        )  # fmt: skip
-        return previous
-    if previous is not None and previous.status == "failed":
-        logger.info(
-            "train: the previous attempt failed at step %s (%s); resuming from its last "
-            "checkpoint", previous.failed_step, previous.reason,
-        )  # fmt: skip
-    paths.dir.mkdir(parents=True, exist_ok=True)
-    with log_to_file(paths.log):
-        return Trainer(cfg, paths, data).run()
-
-
-def plan_steps(cfg: Config) -> tuple[int, int, int]:
-    """(steps, micro_batch_size, micro-batches per step); errors name the key to change."""
-    t, seq = cfg.train, cfg.model.seq_len
-    per_step = t.batch_size * seq
-    steps = t.tokens // per_step
-    if steps < 1:
-        raise ConfigError(
-            f"train.tokens: {t.tokens} is less than one step of train.batch_size x model.seq_len "
-            f"= {per_step} tokens; raise train.tokens or lower the batch size."
-        )
-    micro = t.micro_batch_size or t.batch_size
-    n_micro = t.batch_size // micro
-    if t.noise_scale and n_micro < 2:
-        raise ConfigError(
-            "train.noise_scale: the estimator needs at least 2 micro-batches per step; set "
-            f"train.micro_batch_size to a divisor of train.batch_size = {t.batch_size} below it."
-        )
-    return steps, micro, n_micro
-
-
-def clear_run(paths: RunPaths) -> None:
-    """--force: remove what a previous run wrote (only files the trainer owns)."""
-    for p in (paths.config, paths.metrics, paths.summary, paths.log, *paths.event_files()):
-        p.unlink(missing_ok=True)
-    shutil.rmtree(paths.checkpoints, ignore_errors=True)
-
-
-def check_run_dir(paths: RunPaths, cfg: Config) -> RunSummary | None:
-    """The summary of the run already in `paths` (None if none); a ConfigError when the
-    directory holds a run of a different config."""
-    previous = read_summary_or_none(paths.dir)
-    if not paths.config.exists():
-        return previous
-    try:
-        saved = config_from_dict(read_yaml(paths.config))
-    except UserError as exc:
-        raise ConfigError(
-            f"{paths.config} does not load ({exc}); use --force to start the run over."
-        ) from None
-    diff = config_diff(saved.to_dict(), cfg.to_dict())
-    if diff:
-        status = previous.status if previous else "started"
-        raise ConfigError(
-            f"{paths.dir} holds a {status} run with a different config:\n  "
-            + "\n  ".join(diff)
-            + f"\nUse the run's own config ({paths.config}), another train.out_dir, or "
-            "--force to start over."
-        )
-    return previous
+    with RunLock(paths.dir):
+        if force:
+            clear_run(paths)
+        previous = check_run_dir(paths, cfg)
+        if previous is not None and previous.status == "done":
+            logger.info(
+                "train: %s is already trained (val_loss %s); results in %s and %s. Use --force "
+                "to train again.", paths.dir, previous.val_loss, paths.summary, paths.metrics,
+            )  # fmt: skip
+            return previous
+        if previous is not None and previous.status == "failed":
+            logger.info(
+                "train: the previous attempt failed at step %s (%s); resuming from its last "
+                "checkpoint", previous.failed_step, previous.reason,
+            )  # fmt: skip
+        init = None
+        if cfg.train.init_from and not checkpoint.list_checkpoints(paths.checkpoints):
+            init = branch.load_init(cfg)  # refused before the data step and any log file
+        with log_to_file(paths.log):
+            return Trainer(cfg, paths, data, init).run()
 
 
 class Clock:
@@ -178,25 +135,34 @@ class Clock:
 class Trainer:
     """One run's state: data, model, optimizer, logs; `run()` trains it to the end."""
 
-    def __init__(self, cfg: Config, paths: RunPaths, data: TokenData | None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        paths: RunPaths,
+        data: TokenData | None,
+        init: tuple[int, dict[str, Any]] | None = None,
+    ) -> None:
+        """`init`: train.init_from's (step, state), when the caller has loaded it already."""
         from moescale.data import BatchSampler, prepare_data, val_batches
 
         t, seq = cfg.train, cfg.model.seq_len
-        self.cfg, self.paths = cfg, paths
+        self.cfg, self.paths, self.init = cfg, paths, init
         self.steps, micro, n_micro = plan_steps(cfg)
+        self.device = resolve_device(t.device)  # before the (slow) data step
         data = data if data is not None else prepare_data(cfg.data, cfg.model.vocab_size)
+        copy_tokenizer(paths, data)
         self.sampler = BatchSampler(data.train_tokens, seq, seed=t.seed)
         self.val = val_batches(data.val_tokens, seq, t.eval_tokens, micro)
         self.eval_tokens = sum(y.numel() for _, y in self.val)
         self.token_bytes = getattr(data, "token_bytes", None)
         self.tokenizer_sha256 = getattr(data, "tokenizer_sha256", None)
-        self.device = resolve_device(t.device)
         self.threads = set_threads(t.threads).threads
         self.acct = count(cfg.model)
         self.peak = device_peak_flops(self.device)
         self.best_rate, self.slow_warned = 0.0, False
         self.tokens_per_step = t.batch_size * seq
         self.micro_tokens = micro * seq
+        self.kept_steps = frozenset(branch_steps(t, seq).values())  # never pruned
         self.opts = StepOptions(n_micro, t.grad_clip, cfg.model.moe, autocast_for(self.device))
 
         seed_everything(t.seed)
@@ -210,6 +176,8 @@ class Trainer:
         self.metrics = MetricsLog(paths.metrics)
         self.state = checkpoint.TrainerState()
         self.start_step = self.resume()
+        if t.compile:
+            exclude_from_compile()
         self.forward = torch.compile(self.model) if t.compile else self.model
         if not paths.config.exists():
             atomic_write_text(paths.config, dump_config(cfg))
@@ -218,17 +186,36 @@ class Trainer:
         self.t_start = time.perf_counter()
 
     def resume(self) -> int:
-        """Restore the newest checkpoint that loads; the step to continue from (0: fresh)."""
+        """Restore the newest checkpoint that loads, else train.init_from's; the step to
+        continue from (0: fresh)."""
         found = checkpoint.load_latest(self.paths.checkpoints)
+        if found is None and self.cfg.train.init_from:
+            return self.start_from(*(self.init or branch.load_init(self.cfg)))
+        self.init = None
         if found is None:
             self.paths.metrics.unlink(missing_ok=True)  # records of an attempt killed early
             return 0
         step, state = found
+        self.restore(state)
+        self.metrics.truncate(step)
+        logger.info("train: resuming %s from step %d/%d", self.paths.dir, step, self.steps)
+        return step
+
+    def restore(self, state: dict[str, Any]) -> None:
         self.state = checkpoint.restore(state, self.model, self.optimizer)
         if self.noise is not None and self.state.noise is not None:
             self.noise.load_state_dict(self.state.noise)
-        self.metrics.truncate(step)
-        logger.info("train: resuming %s from step %d/%d", self.paths.dir, step, self.steps)
+
+    def start_from(self, step: int, state: dict[str, Any]) -> int:
+        """A fresh directory continuing another run's checkpoint (a decay branch): its metrics
+        and wall time are its own; its validation numbers come from its own evaluations."""
+        self.restore(state)
+        self.init = None
+        self.state = dataclasses.replace(
+            self.state, wall_time_s=0.0, start_step=step, val_loss=None, val_loss_se=None,
+            val_bpb=None,
+        )  # fmt: skip
+        self.paths.metrics.unlink(missing_ok=True)
         return step
 
     # ---- what the run writes
@@ -237,6 +224,7 @@ class Trainer:
         """Write and return the summary of the first `done_steps` steps."""
         cfg, acct, moe = self.cfg, self.acct, self.cfg.model.moe
         tokens = done_steps * self.tokens_per_step
+        spent = max(0, done_steps - self.state.start_step) * self.tokens_per_step
         s = RunSummary(
             run=self.paths.dir.name, status=status, arch="dense" if moe is None else "moe",
             experts=moe.experts if moe else 1, granularity=moe.granularity if moe else 1,
@@ -257,6 +245,8 @@ class Trainer:
             val_loss=self.state.val_loss, val_loss_se=self.state.val_loss_se,
             val_bpb=self.state.val_bpb, eval_tokens=self.eval_tokens,
             tokenizer_sha256=self.tokenizer_sha256, wall_time_s=round(self.wall_time(), 3),
+            start_step=self.state.start_step, init_from=cfg.train.init_from,
+            flops_spent=acct.flops_per_token * spent,
             noise_scale=self.noise.value() if self.noise is not None else None,
             noise_scale_loss=self.noise.loss() if self.noise is not None else None,
             out_dir=str(self.paths.dir), threads=self.threads, peak_flops=self.peak.flops,
@@ -295,7 +285,7 @@ class Trainer:
             step, self.model, self.optimizer, self.device, trainer, self.cfg.to_dict()
         )
         checkpoint.save_checkpoint(
-            self.paths.checkpoints, step, state, self.cfg.train.keep_checkpoints
+            self.paths.checkpoints, step, state, self.cfg.train.keep_checkpoints, self.kept_steps
         )
 
     def log_step(self, step: int, lr: float, res: StepResult, clock: Clock) -> None:
@@ -347,7 +337,11 @@ class Trainer:
                 t_pause = time.perf_counter()
                 if step % self.cfg.train.eval_every == 0 or step == self.steps:
                     self.evaluate(step)
-                if step % self.cfg.train.checkpoint_every == 0 or step == self.steps:
+                if (
+                    step % self.cfg.train.checkpoint_every == 0
+                    or step == self.steps
+                    or step in self.kept_steps
+                ):
                     self.save_checkpoint(step)
                     last_ckpt = step
                 clock.exclude(time.perf_counter() - t_pause)  # tokens/s: training time only
@@ -367,7 +361,7 @@ class Trainer:
         return self.finish()
 
     def train_one(self, step: int, clock: Clock) -> None:
-        lr = lr_at(step - 1, self.steps, self.cfg.train)
+        lr = lr_at(step - 1, self.steps, self.cfg.train, self.tokens_per_step)
         set_lr(self.optimizer, lr)
         x, y = self.sampler.batch(step - 1, self.cfg.train.batch_size)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
