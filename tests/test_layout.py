@@ -14,7 +14,17 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "moescale"
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 80
 TORCH_FREE = ["moescale.run", "moescale.fmt", "moescale.config", "moescale.accounting",
-              "moescale.laws", "moescale.commands.fit", "moescale.commands.plan"]  # fmt: skip
+              "moescale.laws", "moescale.commands.fit", "moescale.commands.plan",
+              "moescale.commands.collect", "moescale.commands.report", "moescale.study.spec",
+              "moescale.study.grid", "moescale.study.collect", "moescale.study.driver",
+              "moescale.study.executors", "moescale.study.slurm", "moescale.train.optim",
+              "moescale.study.analyze", "moescale.study.analysis_data",
+              "moescale.study.analysis_family", "moescale.study.analysis_fits",
+              "moescale.study.analysis_frontier", "moescale.study.analysis_compare",
+              "moescale.study.analysis_hyper", "moescale.study.analysis_claims",
+              "moescale.report", "moescale.report.page", "moescale.report.plots",
+              "moescale.report.plots_curves", "moescale.report.tables",
+              "moescale.report.style"]  # fmt: skip
 
 
 def modules() -> list[Path]:

@@ -23,6 +23,9 @@ COMMANDS: dict[str, str] = {
     "fit": "fit a scaling law to a results table",
     "plan": "compute-optimal allocation from a fitted law",
     "hyper": "optimal batch size and learning rate per architecture",
+    "study": "train a ladder of runs, collect, fit the laws and write the report",
+    "collect": "run directories -> results table (CSV, Parquet) and training curves",
+    "report": "fit the laws and write the HTML report of a study directory",
 }
 
 

@@ -1,0 +1,40 @@
+"""Fit the laws and write the report of a study directory (collects it first).
+
+  moescale report DIR [--budgets 1e18,1e20,1e22] [--force]
+
+Writes DIR/study.json (every fit, interval, plan and claim), DIR/report.html (self-contained:
+the figures are embedded) and DIR/figures/*.png. Skipped when they are up to date with the
+results, unless --force. Does not load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", help="study directory")
+    parser.add_argument("--budgets", default="1e18,1e20,1e22",
+                        help="compute budgets (FLOPs) to plan for, comma-separated")  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+
+
+def run(args: argparse.Namespace) -> int:
+    from moescale.errors import UserError
+    from moescale.study.collect import collect
+    from moescale.study.driver import analyze_and_report
+    from moescale.study.spec import Study
+
+    try:
+        budgets = [float(b) for b in args.budgets.split(",")]
+    except ValueError:
+        raise UserError(f"--budgets {args.budgets!r}: expected numbers like 1e18,1e20") from None
+    c = collect(args.dir)
+    for path, reason in c.problems:
+        print(f"  not collected: {path}: {reason}")
+    if not c.rows:
+        raise UserError(f"{args.dir}: no finished runs to report on")
+    study = Study(Path(args.dir).name, Path(args.dir), [], {}, {})
+    print(f"report: {analyze_and_report(study, c, budgets, force=args.force)}")
+    return 0

@@ -1,0 +1,48 @@
+"""Run a study: train the ladder, collect the results, fit the laws, write the report.
+
+  moescale study STUDY.yaml [--dry-run] [--workers N] [--retries N] [--set key=value ...]
+
+STUDY.yaml is a base config plus axes (model ladder, architectures, token budgets, batch size and
+learning rate, seeds) or an explicit list of runs; see examples/quickstart.yaml and the README.
+--dry-run prints every run with its parameters, tokens, FLOPs and an estimated wall time from a
+short measured calibration, and trains nothing. Re-running the same command resumes: finished
+runs are kept, interrupted ones continue from their checkpoints, and the report is rebuilt only
+if the results changed. Ctrl-C stops the workers cleanly. --set overrides a key of the base
+config (e.g. --set train.device=cuda). Exit status: 0 when every run finished, 1 when some
+failed (the report is still written from the others), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from moescale.commands import add_set_flag
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="study YAML (examples/quickstart.yaml)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and estimates only")
+    parser.add_argument("--workers", type=int, metavar="N", help="runs at once (default: spec)")
+    parser.add_argument("--retries", type=int, metavar="N", help="extra attempts per failed run")
+    parser.add_argument("--no-report", dest="report", action="store_false",
+                        help="train and collect only")  # fmt: skip
+    add_set_flag(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from moescale.study.driver import run_study
+
+    outcome = run_study(args.spec, args.overrides, dry_run=args.dry_run, workers=args.workers,
+                        retries=args.retries, report=args.report)  # fmt: skip
+    if args.dry_run:
+        return 0
+    c = outcome.collected
+    if c is not None:
+        print(f"results: {len(c.rows)} runs in {outcome.study.out_dir / 'results.csv'}")
+        for path, reason in c.problems:
+            print(f"  not in the table: {path}: {reason}")
+    for t in outcome.failed:
+        print(f"  {t.state}: {t.run.name}: {t.reason}")
+    if outcome.report is not None:
+        print(f"report: {outcome.report}")
+    return 1 if outcome.failed else 0

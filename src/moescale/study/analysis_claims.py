@@ -1,0 +1,420 @@
+"""Study analysis, part 6: the claims (plain sentences) and the warnings of an analysis.
+
+Why: a reader of a study wants its conclusions, and a conclusion is only as strong as its
+interval. Every sentence here states a number with its 95 % interval and reads the interval,
+never the point estimate: a difference whose interval includes zero is "not resolved at this
+scale", and a result against a paper says so and names the paper (Krajewski et al. 2024:
+fine-grained beats standard MoE at equal FLOPs, increasingly so with more tokens; Wang et al.
+2024 and Ludziejewski et al. 2025: MoE beats dense at equal compute; Wang et al.: at equal
+loss MoE prefers a smaller batch, a larger learning rate and has a lower noise scale).
+
+Input is the analysis after `jsonable` (non-finite numbers are None).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+NAMES = {"dense": "dense", "moe": "standard MoE", "fine-grained": "fine-grained MoE"}
+PAPERS = {  # (the finding, who reports it)
+    "moe": ("MoE beats dense at equal compute", "Wang et al. 2024; Ludziejewski et al. 2025"),
+    "fine-grained": ("fine-grained MoE beats standard MoE at equal FLOPs", "Krajewski et al. 2024"),
+}
+MIN_DRAWS = 20  # fewer usable bootstrap draws than this give no interval worth comparing
+
+
+def display(key: str) -> str:
+    """An architecture's name for a sentence: a variant, or a hyper-law key such as
+    'moe E8 k2 G1' ('standard MoE (E 8, k 2)')."""
+    if key in NAMES:
+        return NAMES[key]
+    parts = key.split(" ")
+    if len(parts) == 4:
+        e, k, gr = (p[1:] for p in parts[1:])
+        gtxt = f", G {gr}" if gr != "1" else ""
+        return f"{NAMES.get(parts[0], parts[0])} (E {e}, k {k}{gtxt})"
+    return key
+
+
+def cap(sentence: str) -> str:
+    return sentence[:1].upper() + sentence[1:]
+
+
+def g(v: Any, digits: int = 3) -> str:
+    """A number to `digits` significant digits ('?' when missing)."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "?"
+    return f"{v:.{digits}g}"
+
+
+def iv(t: Sequence[Any] | None, digits: int = 3) -> str:
+    """'v [lo, hi]' of a [value, lo, hi] triple; 'v (no interval)' without bounds."""
+    if not t:
+        return "?"
+    if len(t) < 3 or t[1] is None or t[2] is None:
+        return f"{g(t[0], digits)} (no interval)"
+    return f"{g(t[0], digits)} [{g(t[1], digits)}, {g(t[2], digits)}]"
+
+
+def sign(t: Sequence[Any] | None) -> int | None:
+    """+1 / −1 when the interval excludes zero on that side, 0 when it includes zero, None
+    without an interval."""
+    if not t or len(t) < 3 or t[1] is None or t[2] is None:
+        return None
+    return 1 if t[1] > 0 else -1 if t[2] < 0 else 0
+
+
+def skipped(section: Any) -> bool:
+    return not section or (isinstance(section, Mapping) and "skipped" in section)
+
+
+def _verdict(t: Sequence[Any] | None, paper: str, better: str, worse: str) -> str:
+    finding, who = PAPERS[paper]
+    s = sign(t)
+    if s == 1:
+        return f"{better}, in line with the finding that {finding} ({who})"
+    if s == -1:
+        return f"{worse}, which contradicts the finding that {finding} ({who})"
+    if s == 0:
+        return "not resolved at this scale: the interval includes zero"
+    return "no interval (bootstrap off), so not resolved"
+
+
+def _scope(a: Mapping[str, Any]) -> list[str]:
+    d = a["data"]
+    parts = [f"{n} {NAMES[v]}" for v, n in d["ladder_points"].items() if n]
+    if not parts:
+        return ["The study has no usable ladder runs, so nothing could be fitted."]
+    lo, hi = d.get("compute_range", [None, None])
+    es = d["experts"].get("moe") or d["experts"].get("fine-grained") or []
+    gs = sorted(set(d["granularities"].get("moe", []) + d["granularities"].get("fine-grained", [])))
+    extra = (f"; MoE expansion rates E = {', '.join(g(e) for e in es)}" if es else "") + (
+        f", granularities G = {', '.join(g(x) for x in gs)}" if gs else ""
+    )
+    return [f"The study has {', '.join(parts)} ladder points from {g(lo)} to {g(hi)} FLOPs "
+            f"(C = 6·N_active·D){extra}."]  # fmt: skip
+
+
+def _laws(a: Mapping[str, Any]) -> list[str]:
+    out = []
+    for v, sec in a["laws"].items():
+        if skipped(sec):
+            continue
+        if v == "moe" and "skipped" in sec["laws"].get("wang", {}):
+            why = sec["laws"]["wang"]["skipped"].split(":")[0]
+            out.append(
+                f"Wang et al.'s E exponent γ is not identified by this study ({why}); "
+                "standard MoE is planned with Chinchilla's law on its own points."
+            )
+        law = sec["primary"]
+        if law is None:
+            continue
+        f = sec["laws"][law]
+        ivs, p = f["intervals"], f["params"]
+        lost = set(f.get("not_identified", []))
+        exps = ", ".join(f"{q} = {iv([p[q], *(ivs.get(q) or [None, None])])}"
+                         if q not in lost else f"{q} not identified"
+                         for q in ("alpha", "beta", "gamma") if q in p)  # fmt: skip
+        h = f["holdout"]
+        held = (f"predicting the {h['n']} held-out largest-compute point(s) from the others, "
+                f"its mean absolute error is {g(h['mae'], 2)} nats") if h.get("n") else (
+            "it has too few points to hold any out")  # fmt: skip
+        a_exp = f"; N_opt ∝ C^{iv(f['n_opt_exponent'])}" if f.get("n_opt_exponent") else ""
+        out.append(cap(f"{NAMES[v]}: the {law} law fits {f['n_points']} points with {exps}"
+                       f"{a_exp}; {held}."))  # fmt: skip
+        out += [f"{n}." for n in sec.get("notes", [])]
+    return out
+
+
+def _beyond(compute: float, a: Mapping[str, Any]) -> str:
+    """'within the data' or 'extrapolated X decades beyond the data'."""
+    hi = (a["data"].get("compute_range") or [None, None])[1]
+    if hi is None or compute <= hi * 1.01:
+        return "within the data"
+    return f"extrapolated {math.log10(compute / hi):.1f} decades beyond the data"
+
+
+def _equal_compute(a: Mapping[str, Any]) -> list[str]:
+    rows = a["equal_compute"]["fits"]
+    if skipped(rows):
+        return []
+    out = []
+    pick = [r for r in rows if not r["extrapolated"]][:1] + [r for r in rows if r["extrapolated"]][
+        -1:
+    ]
+    for r in pick:
+        for key, paper in (("moe_vs_dense", "moe"), ("fine-grained_vs_dense", "moe"),
+                           ("fine-grained_vs_moe", "fine-grained")):  # fmt: skip
+            t = r["gaps"].get(key)
+            if not t or t[0] is None:
+                continue
+            new, base = key.split("_vs_")
+            verdict = _verdict(t, paper, f"{NAMES[new]} is better", f"{NAMES[new]} is worse")
+            out.append(f"At {g(r['compute'])} FLOPs ({_beyond(r['compute'], a)}) the fitted "
+                       f"compute-optimal loss of {NAMES[base]} minus {NAMES[new]} is {iv(t)} "
+                       f"nats: {verdict}.")  # fmt: skip
+    return out
+
+
+def _matched(a: Mapping[str, Any]) -> list[str]:
+    out = []
+    for key, sec in a["equal_compute"]["matched"].items():
+        if skipped(sec):
+            continue
+        new, base = key.split("_vs_")
+        for d in sec["designs"]:
+            t = d["mean_difference"]
+            verdict = _verdict(
+                t,
+                "fine-grained" if base == "moe" else "moe",
+                f"{NAMES[new]} is better",
+                f"{NAMES[new]} is worse",
+            )
+            design = f"E {g(d['experts'])}" + (f", G {g(d['granularity'])}"
+                                               if d["granularity"] > 1 else "")  # fmt: skip
+            out.append(f"Measured on {d['n']} pair(s) of runs with equal N_active and tokens "
+                       f"({NAMES[new]} with {design} lower in {d['wins']} of {d['n']}), "
+                       f"{NAMES[base]} minus {NAMES[new]} validation loss is {iv(t)} nats (95 % "
+                       f"from the runs' standard errors): {verdict}.")  # fmt: skip
+    return out
+
+
+def _granularity(a: Mapping[str, Any]) -> list[str]:
+    out = []
+    cg = a["granularity_gap"]["curves"]
+    if not skipped(cg):
+        t = cg["gap_change"]
+        s = sign(t)
+        trend = ("it grows with tokens, as Krajewski et al. (2024) report" if s == 1 else
+                 "it shrinks with tokens, which contradicts Krajewski et al. (2024), who report "
+                 "that it grows" if s == -1 else
+                 "whether it grows with tokens (Krajewski et al. 2024) is not resolved at this "
+                 "scale: the change's interval includes zero")  # fmt: skip
+        first, last = cg["pairs"][0]["tokens"][0], cg["pairs"][0]["tokens"][-1]
+        out.append(f"Along training ({len(cg['pairs'])} matched pair(s) of equal size, E and k),"
+                   f" standard minus fine-grained MoE training loss is {iv(cg['gap_first'])} "
+                   f"nats at the first token count read (about {g(first, 2)} tokens) and "
+                   f"{iv(cg['gap_last'])} at the last (about {g(last, 2)}), a change of "
+                   f"{iv(t)} (intervals from the curves' noise): {trend}.")  # fmt: skip
+        ratios = [p["token_ratio"] for p in cg["pairs"] if p["token_ratio"] is not None]
+        missed = len(cg["pairs"]) - len(ratios)
+        if ratios:
+            never = f"; in {missed} pair(s) it never does" if missed else ""
+            out.append(
+                f"Fine-grained MoE reaches the standard MoE's final training loss on "
+                f"{', '.join(g(r, 2) for r in ratios)} times the standard MoE's tokens "
+                f"(one number per matched pair, smallest size first; single runs, so no "
+                f"interval){never}."
+            )
+        elif missed:
+            out.append(
+                "Fine-grained MoE never reaches the standard MoE's final training loss "
+                "in the matched pairs."
+            )
+    fit = a["granularity_gap"]["fit"]
+    if not skipped(fit) and len(fit["gap"]) >= 2:
+        lo_c, hi_c = fit["compute"][0], fit["compute"][-1]
+        out.append(
+            f"Krajewski et al.'s law fitted here puts fine-grained MoE (G = "
+            f"{g(fit['granularity'])}) ahead of standard MoE by {iv(fit['gap'][0])} nats "
+            f"at {g(lo_c)} FLOPs and by {iv(fit['gap'][-1])} at {g(hi_c)} FLOPs "
+            f"({_beyond(hi_c, a)}; compute-optimal models, paired draws)."
+        )
+    return out
+
+
+def _efficiency(a: Mapping[str, Any]) -> list[str]:
+    out = []
+    for v, rows in a["data_efficiency"].items():
+        if skipped(rows):
+            continue
+        parts = []
+        for r in rows:
+            ivs = r["intervals"]
+            de = [r["data_efficiency"], *(ivs.get("data_efficiency") or [None, None])]
+            cm = [r["compute_ratio"], *(ivs.get("compute_ratio") or [None, None])]
+            parts.append(
+                f"at {g(r['budget'])} FLOPs {iv(de)} (compute multiplier {iv(cm)})"
+                if de[0] is not None
+                else f"at {g(r['budget'])} FLOPs undefined "
+                "(the MoE law never reaches the dense loss at that size)"
+            )
+        out.append(f"{cap(NAMES[v])}'s data efficiency over dense (D_dense/D_moe − 1 at equal "
+                   f"loss and equal FLOPs per token, docs/science.md §3.1) is "
+                   f"{'; '.join(parts)}; these budgets lie beyond the data, so read them as "
+                   f"the laws' extrapolation.")  # fmt: skip
+    return out
+
+
+def _plans(a: Mapping[str, Any]) -> list[str]:
+    out = []
+    for v in NAMES:
+        plans = a["plans"].get(v)
+        if skipped(plans):
+            continue
+        ok = [p for p in plans if "skipped" not in p]
+        if not ok:
+            continue
+        p = ok[-1]
+        n = p["numbers"]
+        out.append(f"Plan for {g(p['budget'])} FLOPs ({_beyond(p['budget'], a)}), "
+                   f"{NAMES[v]}: N_active {iv(n['n_active'])}, D {iv(n['tokens'])} tokens, "
+                   f"predicted loss {iv(n['loss'])}.")  # fmt: skip
+    return out
+
+
+def _isoflop(a: Mapping[str, Any]) -> list[str]:
+    out = []
+    for v, sec in a["isoflop"].items():
+        if skipped(sec) or skipped(a["laws"].get(v)):
+            continue
+        law = a["laws"][v]["primary"]
+        par = a["laws"][v]["laws"].get(law, {}).get("n_opt_exponent") if law else None
+        t = [sec["params"]["a"], *(sec["intervals"].get("a") or [None, None])]
+        if sec.get("bootstrap_draws", 0) < MIN_DRAWS:
+            t = [t[0], None, None]
+            agree = (f": too few usable bootstrap draws ({sec.get('bootstrap_draws', 0)}) to "
+                     "compare the two routes")  # fmt: skip
+        elif par and None not in par and None not in t:
+            overlap = t[1] <= par[2] and par[1] <= t[2]
+            agree = (
+                ": the two routes agree within their intervals"
+                if overlap
+                else ": the two routes disagree (the intervals do not overlap)"
+            )
+        else:
+            agree = ""
+        out.append(
+            f"{cap(NAMES[v])} IsoFLOP profiles ({len(sec['budgets'])} budgets) give "
+            f"N_opt ∝ C^{iv(t)}, the parametric fit C^{iv(par) if par else '?'}{agree}."
+        )
+    return out
+
+
+def _compare_indep(x: Sequence[Any], y: Sequence[Any]) -> int | None:
+    """+1 when x's interval lies above y's, −1 below, 0 when they overlap."""
+    if not x or not y or x[1] is None or y[1] is None:
+        return None
+    return 1 if x[1] > y[2] else -1 if x[2] < y[1] else 0
+
+
+def _at_loss(name: str, unit: str, level: float, archs: Mapping[str, Any], want: int,
+             paper: str) -> list[str]:  # fmt: skip
+    """Sentences comparing each MoE architecture's value at a common loss with dense's."""
+    vals = {k: [v["value"], *(v["interval"] or [None, None])] for k, v in archs.items()}
+    dense = next((vals[k] for k in vals if k.startswith("dense")), None)
+    out = []
+    for k, t in vals.items():
+        if k.startswith("dense") or dense is None:
+            continue
+        s = _compare_indep(t, dense)
+        verdict = ("not resolved at this scale: the intervals overlap" if s == 0 else
+                   f"in line with {paper}" if s == want else f"which contradicts {paper}"
+                   if s is not None else "no intervals, so not resolved")  # fmt: skip
+        out.append(f"At loss {g(level)}, {name} is {iv(t)}{unit} for {display(k)} against "
+                   f"{iv(dense)}{unit} for dense: {verdict}.")  # fmt: skip
+    return out
+
+
+def _hyper_noise(a: Mapping[str, Any]) -> list[str]:
+    out = []
+    h = a["hyper"]
+    if not skipped(h) and not skipped(h.get("at_common_loss")):
+        for hyper, want, what in (("batch", -1, "a smaller batch"), ("lr", 1, "a larger LR")):
+            sec = h["at_common_loss"].get(hyper)
+            if not skipped(sec):
+                paper = f"Wang et al. (2024), who find MoE prefers {what} at equal loss"
+                unit = " sequences" if hyper == "batch" else ""
+                name = "the optimal batch" if hyper == "batch" else "the optimal peak LR"
+                out += _at_loss(name, unit, sec["loss"], sec["archs"], want, paper)
+    ns = a["noise_scale"]
+    if not skipped(ns):
+        archs = {k: v["at_common"] for k, v in ns["archs"].items()}
+        paper = "Wang et al. (2024), who relate MoE's smaller optimal batch to a lower noise scale"
+        out += _at_loss("the gradient noise scale B_simple", " tokens", ns["common_loss"], archs,
+                        -1, paper)  # fmt: skip
+    return out
+
+
+TOPICS = (
+    ("The study", (_scope,)),
+    ("Architectures at equal compute", (_equal_compute, _matched)),
+    ("Fine-grained against standard MoE", (_granularity,)),
+    ("Batch size, learning rate and noise scale", (_hyper_noise,)),
+    ("Plans and data efficiency", (_plans, _efficiency)),
+    ("Fitted laws", (_laws, _isoflop)),
+)
+
+
+def claim_groups(a: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The analysis's conclusions by topic, most important first, each sentence with its
+    interval (module doc); topics without a sentence are left out."""
+    out = []
+    for topic, parts in TOPICS:
+        sentences = [c for part in parts for c in part(a)]
+        if sentences:
+            out.append({"topic": topic, "claims": sentences})
+    return out
+
+
+def claims(a: Mapping[str, Any]) -> list[str]:
+    """Every claim of `claim_groups`, in order."""
+    return [c for grp in claim_groups(a) for c in grp["claims"]]
+
+
+def _range_warnings(v: str, plans: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The plans' "beyond the fitted compute" warnings of one architecture as one line."""
+    far = []
+    for p in plans:
+        m = re.search(r"lies ([0-9.]+) decades (beyond|below)", " ".join(p.get("warnings", [])))
+        if m:
+            far.append(f"{g(p['budget'])} ({m.group(1)} decades {m.group(2)})")
+    if not far:
+        return []
+    return [{"section": f"plans/{v}", "code": "extrapolation",
+             "message": f"the {NAMES[v]} plans at {', '.join(far)} lie outside the compute the "
+             "fit saw: they rest on the law's form alone"}]  # fmt: skip
+
+
+def collect_warnings(a: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Every warning of the laws engine and of the selection, with the section it came from,
+    each once (a plan's copies of its fit's warnings are not repeated)."""
+    out: list[dict[str, str]] = []
+    for note in a["data"]["notes"]:
+        out.append({"section": "data", "code": "selection", "message": note})
+    for v, sec in a["laws"].items():
+        if skipped(sec):
+            continue
+        for law, f in sec["laws"].items():
+            for w in f.get("warnings", []):
+                out.append({"section": f"laws/{v}/{law}", **w})
+        out += [{"section": f"laws/{v}", "code": "identification", "message": n}
+                for n in sec.get("notes", [])]  # fmt: skip
+        if "skipped" in sec["family"]:
+            out.append({"section": f"laws/{v}", "code": "no_family",
+                        "message": f"no model family read from the runs: "
+                        f"{sec['family']['skipped']}"})  # fmt: skip
+    for v, sec in a["isoflop"].items():
+        for w in [] if skipped(sec) else sec.get("warnings", []):
+            out.append({"section": f"isoflop/{v}", **w})
+    for v in NAMES:
+        plans = a["plans"].get(v)
+        if skipped(plans):
+            continue
+        out += _range_warnings(v, [p for p in plans if not skipped(p)])
+        for p in plans:
+            for w in p.get("warnings", []):
+                if not w.startswith(("--fit: ", "--compare: ")):
+                    out.append({"section": f"plans/{v}", "code": "plan", "message": w})
+    if not skipped(a["hyper"]):
+        out += [{"section": "hyper", "code": "note", "message": n} for n in a["hyper"]["notes"]]
+    seen, uniq = set(), []
+    for w in out:
+        key = (w["section"], w.get("message"))
+        if key not in seen:
+            seen.add(key)
+            uniq.append(w)
+    return uniq

@@ -1,0 +1,192 @@
+"""`moescale study`: spec -> data (one tokenizer) -> runs -> results table -> laws -> report.
+
+Every step is resumable and skips what is already done: finished runs are not retrained, the
+table is rebuilt from the run directories (cheap), and the analysis and report are rebuilt only
+when the table changed (`study.json` records the hash of the results it was computed from), so a
+second call on a finished study returns in seconds.
+
+    <out_dir>/
+      study.yaml         the spec as given (with --set applied)
+      runs.json          the expanded runs: name, architecture, axis labels, trunk of a branch
+      configs/NAME.yaml  each run's config (an ordinary `moescale train` config)
+      runs/NAME/         each run's directory (moescale.run)
+      results.csv|.parquet, curves.csv|.parquet   (moescale.study.collect)
+      study.json, report.html, figures/           (moescale.study.analyze, moescale.report)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from moescale.atomic import atomic_write_json, atomic_write_text
+from moescale.config import config_from_dict
+from moescale.errors import ConfigError
+from moescale.fmt import duration, human
+from moescale.study.calibrate import calibrate, makespan
+from moescale.study.collect import Collected, collect
+from moescale.study.executors import ExecutorConfig, LocalExecutor, execute, plan_workers
+from moescale.study.spec import Study, load_study
+from moescale.study.tasks import DONE, FAILED, SKIPPED, Task
+
+logger = logging.getLogger(__name__)
+DEFAULT_BUDGETS = (1e18, 1e20, 1e22)
+
+
+@dataclass
+class StudyOutcome:
+    study: Study
+    tasks: list[Task]
+    collected: Collected | None = None
+    report: Path | None = None
+
+    @property
+    def failed(self) -> list[Task]:
+        return [t for t in self.tasks if t.state in (FAILED, SKIPPED)]
+
+
+def validate_runs(study: Study) -> None:
+    """Every run's config is checked before anything runs; all errors are reported at once."""
+    errors = []
+    for r in study.runs:
+        try:
+            config_from_dict(copy.deepcopy(r.config))
+        except ConfigError as exc:
+            errors.append(f"run {r.name}: {exc}")
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+def write_plan(study: Study, spec_text: str) -> list[Task]:
+    """study.yaml, runs.json and configs/: written only when they change (atomically)."""
+    out = study.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    _write_if_changed(out / "study.yaml", spec_text)
+    manifest = {"name": study.name, "runs": [
+        {"name": r.name, "arch": r.arch, "variant": r.variant, "size": r.size, "tokens": r.tokens,
+         "hyper": r.hyper, "trunk": r.trunk, "branch_step": r.branch_step}
+        for r in study.runs]}  # fmt: skip
+    _write_if_changed(out / "runs.json", json.dumps(manifest, indent=1) + "\n")
+    tasks = []
+    for r in study.runs:
+        path = out / "configs" / f"{r.name}.yaml"
+        _write_if_changed(path, yaml.safe_dump(r.config, sort_keys=False))
+        tasks.append(Task(r, path))
+    return tasks
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        atomic_write_text(path, text)
+
+
+def prepare_study_data(study: Study) -> str:
+    """Build the corpus, the tokenizer and the shards once, before any worker starts (workers
+    would otherwise race to build the same cache); every run then maps the same shards."""
+    from moescale.data import prepare_data
+
+    cfgs = [config_from_dict(copy.deepcopy(r.config)) for r in study.runs]
+    keys = {(json.dumps(c.data.__dict__, sort_keys=True, default=str), c.model.vocab_size)
+            for c in cfgs}  # fmt: skip
+    if len(keys) > 1:
+        raise ConfigError("study: the runs use different data or vocab_size; a study has one "
+                          "tokenizer (set data and model.vocab_size in base only)")  # fmt: skip
+    data = prepare_data(cfgs[0].data, cfgs[0].model.vocab_size)
+    return data.tokenizer_sha256
+
+
+def dry_run_table(study: Study, estimates: dict[str, float], workers: int) -> str:
+    from moescale.accounting import count
+
+    lines = [f"{'run':44s} {'arch':>13s} {'N active':>9s} {'N total':>9s} {'tokens':>7s} "
+             f"{'FLOPs':>8s} {'spent':>8s} {'est':>7s}"]  # fmt: skip
+    spent_total = point_total = 0.0
+    for r in study.runs:
+        cfg = config_from_dict(copy.deepcopy(r.config))
+        a = count(cfg.model)
+        flops = a.flops_per_token * r.tokens
+        per_step = cfg.train.batch_size * cfg.model.seq_len
+        spent = a.flops_per_token * (r.tokens - r.branch_step * per_step)
+        spent_total, point_total = spent_total + spent, point_total + flops
+        lines.append(f"{r.name:44s} {r.arch:>13s} {human(a.params_active):>9s} "
+                     f"{human(a.params_total):>9s} {human(r.tokens):>7s} {human(flops):>8s} "
+                     f"{human(spent):>8s} {duration(estimates[r.name]):>7s}")  # fmt: skip
+    n_branch = sum(bool(r.trunk) for r in study.runs)
+    lines.append(
+        f"{len(study.runs)} runs ({n_branch} WSD branches), {human(spent_total)}FLOP to train "
+        f"vs {human(point_total)}FLOP as separate runs ({point_total / spent_total:.2f}x saved); "
+        f"estimated wall time {duration(makespan(estimates, workers))} on {workers} workers "
+        f"(sum {duration(sum(estimates.values()))})"
+    )
+    return "\n".join(lines)
+
+
+def make_executor(cfg: ExecutorConfig, study: Study) -> Any:
+    if cfg.kind == "local":
+        return LocalExecutor(cfg)
+    from moescale.study.slurm import SubmititExecutor
+
+    return SubmititExecutor(cfg, study.out_dir / "submitit")
+
+
+def analyze_and_report(study: Study, c: Collected, budgets: Any, force: bool = False) -> Path:
+    """study.json and report.html from the collected tables, unless they are already up to date
+    for exactly these results."""
+    out = study.out_dir
+    digest = hashlib.sha256((out / "results.csv").read_bytes()
+                            + (out / "curves.csv").read_bytes()).hexdigest()  # fmt: skip
+    html = out / "report.html"
+    if not force and html.exists() and (out / "study.json").exists():
+        try:
+            if json.loads((out / "study.json").read_text()).get("results_sha256") == digest:
+                logger.info("report: up to date with the results (%s)", html)
+                return html
+        except ValueError:
+            pass
+    from moescale.report import write_report
+    from moescale.study.analyze import analyze
+
+    analysis = analyze(c.rows, c.curves, budgets=tuple(float(b) for b in budgets))
+    analysis["results_sha256"] = digest
+    analysis["problems"] = [{"path": p, "reason": r} for p, r in c.problems]
+    path = write_report(out, c.rows, c.curves, analysis, title=f"moescale study: {study.name}")
+    atomic_write_json(out / "study.json", analysis)
+    return path
+
+
+def run_study(
+    path: str | Path, overrides: list[str] | None = None, dry_run: bool = False,
+    workers: int | None = None, retries: int | None = None, report: bool = True,
+) -> StudyOutcome:  # fmt: skip
+    study = load_study(path, overrides)
+    validate_runs(study)
+    ex_cfg = ExecutorConfig.from_dict(study.executor)
+    if workers is not None:
+        ex_cfg.workers = workers
+    if retries is not None:
+        ex_cfg.retries = retries
+    n_workers, threads = plan_workers(ex_cfg)
+    spec_text = Path(path).read_text()
+    if dry_run:
+        estimates = calibrate(study.runs, threads, study.out_dir / "calibration.json")
+        print(dry_run_table(study, estimates, n_workers))
+        return StudyOutcome(study, [])
+    tasks = write_plan(study, spec_text)
+    prepare_study_data(study)
+    estimates = calibrate(study.runs, threads, study.out_dir / "calibration.json")
+    for t in tasks:
+        t.est_s = estimates[t.run.name]
+    execute(tasks, make_executor(ex_cfg, study), ex_cfg.retries)
+    outcome = StudyOutcome(study, tasks)
+    outcome.collected = collect(study.out_dir)
+    if report and any(t.state == DONE for t in tasks):
+        budgets = study.report.get("budgets", DEFAULT_BUDGETS)
+        outcome.report = analyze_and_report(study, outcome.collected, budgets)
+    return outcome

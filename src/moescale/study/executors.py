@@ -1,0 +1,241 @@
+"""Executors: run a study's tasks as separate processes, locally or on Slurm (submitit).
+
+Every run is `moescale train CONFIG` in its own process, so one run's crash (or a CUDA error, or
+a leak) never touches the others, and every run resumes from its own checkpoints. Finished runs
+are skipped; a failed run is retried up to `retries` times and then reported; Ctrl-C stops the
+workers (each run's newest checkpoint is kept and its summary reads `interrupted`) and a re-run
+picks up where they were.
+
+Local: `workers` processes at once, the cores split between them (threads = cores // workers,
+also passed as $MOESCALE_WORKERS so a run's own policy agrees). Oversubscribed cores are the one
+thing the fine-grained expert loop cannot stand (README, Performance tips), so the threads never
+add up to more than the cores. With GPUs, `runs_per_gpu` small runs share each GPU
+(CUDA_VISIBLE_DEVICES per worker slot).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from moescale.errors import ConfigError
+from moescale.run import read_summary_or_none
+from moescale.study.tasks import (
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+    Progress,
+    Task,
+    is_done,
+    order,
+    ready,
+)
+
+logger = logging.getLogger(__name__)
+POLL_S = 0.2
+EXECUTOR_KEYS = {"kind", "workers", "threads", "retries", "gpus", "runs_per_gpu", "slurm"}
+
+
+@dataclass
+class ExecutorConfig:
+    kind: str = "local"  # local | slurm | submitit-local (submitit's local executor; tests)
+    workers: int = 0  # 0: the default (one per core on CPU, see benchmarks/study_workers.py)
+    threads: int = 0  # threads per run; 0: cores // workers
+    retries: int = 1  # extra attempts for a failed run
+    gpus: int = 0  # GPUs to pack runs on (0: none, or all visible when train.device is cuda)
+    runs_per_gpu: int = 1
+    slurm: dict[str, Any] = field(default_factory=dict)  # partition, gpus_per_node, timeout_min
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExecutorConfig:
+        if unknown := set(d) - EXECUTOR_KEYS:
+            raise ConfigError(f"executor: unknown keys {sorted(unknown)}; accepted: "
+                              f"{sorted(EXECUTOR_KEYS)}")  # fmt: skip
+        cfg = cls(**d)
+        if cfg.kind not in ("local", "slurm", "submitit-local"):
+            raise ConfigError(f"executor.kind: got {cfg.kind!r}; one of local, slurm, "
+                              "submitit-local")  # fmt: skip
+        for key in ("workers", "threads", "retries", "gpus"):
+            if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
+                raise ConfigError(f"executor.{key}: got {getattr(cfg, key)!r}, expected an "
+                                  "integer >= 0")  # fmt: skip
+        if not isinstance(cfg.runs_per_gpu, int) or cfg.runs_per_gpu < 1:
+            raise ConfigError("executor.runs_per_gpu: expected an integer >= 1")
+        return cfg
+
+
+def cores() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, n)
+
+
+def plan_workers(cfg: ExecutorConfig) -> tuple[int, int]:
+    """(workers, threads per run) that never add up to more than the cores on CPU."""
+    if cfg.gpus:
+        return cfg.workers or cfg.gpus * cfg.runs_per_gpu, cfg.threads or 1
+    n = cores()
+    workers = cfg.workers or n
+    threads = cfg.threads or max(1, n // workers)
+    if workers * threads > n:
+        logger.warning("executor: %d workers x %d threads > %d cores: the fine-grained expert "
+                       "loop slows down sharply when cores are oversubscribed", workers, threads,
+                       n)  # fmt: skip
+    return workers, threads
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGTERM when the study process dies, even by SIGKILL (Linux), so
+    no orphan keeps training (and holding its run's lock) after the study is gone."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class LocalExecutor:
+    def __init__(self, cfg: ExecutorConfig) -> None:
+        self.cfg = cfg
+        self.workers, self.threads = plan_workers(cfg)
+        self.procs: dict[str, tuple[subprocess.Popen, int]] = {}
+
+    def env(self, slot: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(MOESCALE_WORKERS=str(self.workers), OMP_NUM_THREADS=str(self.threads),
+                   MKL_NUM_THREADS=str(self.threads), PYTHONUNBUFFERED="1")  # fmt: skip
+        if self.cfg.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % self.cfg.gpus)
+        return env
+
+    def start(self, task: Task, slot: int) -> None:
+        task.run_dir.mkdir(parents=True, exist_ok=True)
+        out = open(task.run_dir / "stdout.log", "ab")  # noqa: SIM115 (closed in reap)
+        cmd = [sys.executable, "-m", "moescale.cli", "train", str(task.config_path),
+               "--threads", str(self.threads)]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env(slot),
+                                preexec_fn=_die_with_parent)  # fmt: skip
+        out.close()
+        self.procs[task.run.name] = (proc, slot)
+
+    def poll(self, task: Task) -> int | None:
+        proc, _ = self.procs[task.run.name]
+        rc = proc.poll()
+        if rc is not None:
+            del self.procs[task.run.name]
+        return rc
+
+    def free_slot(self) -> int:
+        used = {slot for _, slot in self.procs.values()}
+        return next(i for i in range(self.workers) if i not in used)
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Ctrl-C: every worker gets SIGINT (it stops between steps; its last checkpoint stays),
+        then SIGKILL after `grace_s`."""
+        for proc, _ in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + grace_s
+        for proc, _ in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+def failure_reason(task: Task, rc: int) -> str:
+    """Why a run's process failed: its summary's reason, else the last line it printed."""
+    with contextlib.suppress(Exception):
+        s = read_summary_or_none(task.run_dir)
+        if s is not None and s.reason:
+            return s.reason
+    with contextlib.suppress(OSError):
+        lines = (task.run_dir / "stdout.log").read_text(errors="replace").strip().splitlines()
+        if lines:
+            return lines[-1][:300]
+    return f"exit status {rc}"
+
+
+def execute(tasks: list[Task], executor: Any, retries: int) -> list[Task]:
+    """Run the tasks to the end on `executor` (LocalExecutor or SubmititExecutor); returns them
+    with their final states. Raises KeyboardInterrupt after stopping the workers cleanly."""
+    by_name = {t.run.name: t for t in tasks}
+    for t in tasks:
+        if is_done(t):
+            t.state, t.already_done = DONE, True
+    progress = Progress(tasks, executor.workers)
+    progress.update(
+        message=f"study: {len(tasks)} runs, {sum(t.already_done for t in tasks)} "
+        f"already done; {executor.workers} workers x {executor.threads} threads"
+    )
+    try:
+        while any(t.state in (PENDING, RUNNING) for t in tasks):
+            for t in order(tasks):
+                if len(executor.procs) >= executor.workers:
+                    break
+                ok = ready(t, by_name)
+                if ok is None:
+                    t.state, t.reason = SKIPPED, f"its trunk {t.run.trunk} failed"
+                    progress.update(t, f"skipped {t.run.name}: {t.reason}")
+                elif ok:
+                    t.state, t.started = RUNNING, time.perf_counter()
+                    t.attempts += 1
+                    executor.start(t, executor.free_slot())
+                    progress.update(
+                        t,
+                        f"start {t.run.name}"
+                        + (f" (attempt {t.attempts})" if t.attempts > 1 else ""),
+                    )
+            _reap(tasks, executor, retries, progress)
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        running = [t.run.name for t in tasks if t.state == RUNNING]
+        executor.stop()
+        progress.close()
+        logger.warning(
+            "study: stopped; %d runs done, %d interrupted (%s). Their checkpoints "
+            "are kept: re-run the same command to resume.",
+            sum(t.state == DONE for t in tasks),
+            len(running),
+            ", ".join(running),
+        )
+        raise
+    progress.close()
+    return tasks
+
+
+def _reap(tasks: list[Task], executor: Any, retries: int, progress: Progress) -> None:
+    for t in tasks:
+        if t.state != RUNNING:
+            continue
+        rc = executor.poll(t)
+        if rc is None:
+            continue
+        took = time.perf_counter() - t.started
+        if rc == 0 and is_done(t):
+            t.state = DONE
+            s = read_summary_or_none(t.run_dir)
+            loss = f"val_loss {s.val_loss:.4f}" if s and s.val_loss is not None else ""
+            progress.update(t, f"done  {t.run.name}: {loss} in {took:.0f} s")
+            continue
+        t.reason = failure_reason(t, rc)
+        if t.attempts <= retries:
+            t.state = PENDING
+            progress.update(t, f"retry {t.run.name} (attempt {t.attempts} failed: {t.reason})")
+        else:
+            t.state = FAILED
+            progress.update(t, f"FAILED {t.run.name} after {t.attempts} attempts: {t.reason}")
+
+
+__all__ = ["ExecutorConfig", "LocalExecutor", "execute", "plan_workers"]

@@ -1,0 +1,122 @@
+"""What an executor schedules: one task per run, its state, when it may start, and the one
+progress display over all of them (no torch).
+
+A task is ready when its run is not done yet and, for a WSD branch, its trunk's stable-phase
+checkpoint exists (checkpoints are written atomically, so existing means complete). A branch
+whose trunk failed for good before writing that checkpoint is skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from moescale.fmt import duration
+from moescale.run import RunDirError, read_summary_or_none
+from moescale.study.spec import Run
+
+logger = logging.getLogger(__name__)
+
+PENDING, RUNNING, DONE, FAILED, SKIPPED = "pending", "running", "done", "failed", "skipped"
+
+
+@dataclass
+class Task:
+    run: Run
+    config_path: Path
+    est_s: float = 1.0  # estimated seconds (from the calibration; ordering and the ETA)
+    state: str = PENDING
+    attempts: int = 0
+    reason: str = ""
+    started: float = 0.0
+    already_done: bool = False  # done before this study call began (skipped, not retrained)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.config["train"]["out_dir"])
+
+    @property
+    def waits_for(self) -> Path | None:
+        src = self.run.config["train"].get("init_from")
+        return Path(src) if src else None
+
+
+def is_done(task: Task) -> bool:
+    try:
+        s = read_summary_or_none(task.run_dir)
+    except RunDirError:
+        return False
+    return s is not None and s.status == "done"
+
+
+def ready(task: Task, by_name: dict[str, Task]) -> bool | None:
+    """True: may start; False: not yet; None: never (its trunk failed without the checkpoint)."""
+    if task.state != PENDING:
+        return False
+    src = task.waits_for
+    if src is None or src.exists() or is_done(task):
+        return True
+    trunk = by_name.get(task.run.trunk)
+    if trunk is not None and trunk.state in (FAILED, SKIPPED):
+        return None
+    return False
+
+
+def order(tasks: list[Task]) -> list[Task]:
+    """Longest first (trunks before their branches): fewer workers idle at the end."""
+    return sorted(tasks, key=lambda t: (bool(t.run.trunk), -t.est_s, t.run.name))
+
+
+class Progress:
+    """One display over the runs: done / running / failed and an ETA weighted by the estimated
+    cost of what is left. A bar when stderr is a terminal (tqdm), log lines always."""
+
+    def __init__(self, tasks: list[Task], workers: int) -> None:
+        self.tasks, self.workers = tasks, workers
+        self.t0 = time.perf_counter()
+        self.total = sum(t.est_s for t in tasks if not t.already_done)
+        self.bar = None
+        if sys.stderr.isatty() and self.total > 0:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=round(self.total), unit="s", unit_scale=False, leave=True,
+                            bar_format="{l_bar}{bar}| {postfix}", dynamic_ncols=True)  # fmt: skip
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in (DONE, RUNNING, FAILED, SKIPPED, PENDING)}
+        for t in self.tasks:
+            out[t.state] += 1
+        return out
+
+    def eta(self) -> float | None:
+        done = sum(t.est_s for t in self.tasks if t.state == DONE and not t.already_done)
+        elapsed = time.perf_counter() - self.t0
+        if done <= 0:
+            return self.total / max(self.workers, 1)
+        return elapsed * (self.total - done) / done
+
+    def line(self) -> str:
+        c = self.counts()
+        eta = self.eta()
+        return (f"{c[DONE]}/{len(self.tasks)} done, {c[RUNNING]} running, {c[FAILED]} failed"
+                + (f", {c[SKIPPED]} skipped" if c[SKIPPED] else "")
+                + (f", ETA {duration(eta)}" if eta is not None and c[PENDING] + c[RUNNING]
+                   else ""))  # fmt: skip
+
+    def update(self, task: Task | None = None, message: str = "") -> None:
+        if message:
+            if self.bar is not None:
+                self.bar.write(message, file=sys.stderr)
+            else:
+                logger.info(message)
+        if self.bar is not None:
+            if task is not None and task.state == DONE:
+                self.bar.update(round(task.est_s))
+            self.bar.set_postfix_str(self.line(), refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

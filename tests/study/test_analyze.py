@@ -1,0 +1,180 @@
+"""`analyze` on a synthetic study built from known laws (tests/report/synthetic.py): what it
+recovers, what it measures, and that every section is there."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from moescale.study.analysis_data import VARIANTS, stitched_curves
+from tests.report.synthetic import DENSE, KRAJ, analysis, counts, moe_loss, study
+
+SECTIONS = ("schema", "data", "points", "laws", "frontier", "isoflop", "plans",
+            "data_efficiency", "equal_compute", "granularity_gap", "hyper", "noise_scale",
+            "claims", "claim_groups", "warnings")  # fmt: skip
+
+
+def test_every_section_is_present_and_json_serialisable() -> None:
+    a = analysis("full")
+    assert set(SECTIONS) <= set(a)
+    json.dumps(a, allow_nan=False)
+    for key in ("laws", "frontier", "isoflop", "plans"):
+        assert set(VARIANTS) <= set(a[key]), key
+        for v in VARIANTS:
+            sec = a[key][v]
+            assert sec, (key, v)
+            if isinstance(sec, dict) and "skipped" in sec:
+                assert isinstance(sec["skipped"], str) and sec["skipped"]
+
+
+def test_ladder_takes_the_best_seed_and_leaves_out_unfinished_runs() -> None:
+    a = analysis("full")
+    assert a["data"]["ladder_points"] == {"dense": 16, "moe": 18, "fine-grained": 9}
+    runs = {p["run"] for v in VARIANTS for p in a["points"][v]}
+    assert "failed-run" not in runs and not any(r.endswith("-s1") for r in runs)
+    seeds = [p["seeds"] for p in a["points"]["dense"]]
+    assert max(seeds) == 2 and sum(seeds) == 17
+    assert any("not finished" in n for n in a["data"]["notes"])
+
+
+def test_laws_recover_the_exponents_they_were_built_with() -> None:
+    a = analysis("full")
+    dense = a["laws"]["dense"]["laws"]["chinchilla"]
+    kraj = a["laws"]["fine-grained"]["laws"]["krajewski"]
+    for fit, truth in ((dense, DENSE), (kraj, KRAJ)):
+        for q in ("alpha", "beta"):
+            assert fit["params"][q] == pytest.approx(truth[q], abs=0.06), (fit["law"], q)
+            lo, hi = fit["intervals"][q]
+            assert lo <= fit["params"][q] <= hi
+    assert a["laws"]["moe"]["primary"] == "wang"  # two E values: Wang et al.'s form
+    assert a["laws"]["moe"]["laws"]["wang"]["params"]["gamma"] > 0.1
+    # two G values identify only the G = 1 -> 4 difference, and the analysis says so
+    assert set(kraj["not_identified"]) == {"g", "a", "gamma"}
+    assert kraj["n_column"] == "params_total_no_router"
+
+
+def test_heldout_error_is_the_engines_and_is_small() -> None:
+    a = analysis("full")
+    for v in VARIANTS:
+        sec = a["laws"][v]
+        fit = sec["laws"][sec["primary"]]
+        h = fit["heldout"]
+        held = np.array(h["held_out"])
+        err = np.abs(np.array(h["observed"])[held] - np.array(h["holdout_predicted"])[held])
+        assert held.sum() == fit["holdout"]["n"] >= 1
+        assert float(np.mean(err)) == pytest.approx(fit["holdout"]["mae"], rel=1e-3)
+        assert fit["holdout"]["mae"] < 0.05
+
+
+def test_plans_grow_with_the_budget_and_carry_intervals() -> None:
+    a = analysis("full")
+    for v in VARIANTS:
+        plans = a["plans"][v]
+        assert [p["budget"] for p in plans] == [1e18, 1e20, 1e22]
+        n = [p["numbers"]["n_active"] for p in plans]
+        d = [p["numbers"]["tokens"] for p in plans]
+        loss = [p["numbers"]["loss"][0] for p in plans]
+        assert n[0][0] < n[1][0] < n[2][0] and d[0][0] < d[1][0] < d[2][0]
+        assert loss[0] > loss[1] > loss[2]
+        assert all(t[1] is not None and t[1] < t[2] for t in n + d)
+        assert plans[0]["design"]["n_layers"] >= 1  # a family was read from the rows
+    fg = a["plans"]["fine-grained"][0]
+    assert fg["design"]["granularity"] == 4 and fg["design"]["experts"] == 8
+    searched = a["plans"]["granularity_search"][0]
+    assert searched["searched"] == [1, 4] and searched["granularity"] in (1, 4)
+
+
+def test_frontier_spans_the_data_and_the_budgets() -> None:
+    a = analysis("full")
+    for v in VARIANTS:
+        f = a["frontier"][v]
+        c = np.array(f["compute"])
+        assert c[0] <= a["data"]["compute_range"][0] * 1.001 and c[-1] == pytest.approx(1e22)
+        assert np.all(np.diff(np.array(f["n_active"], float)) > 0)
+        lo, mid, hi = (np.array(f[k], float) for k in ("loss_lo", "loss", "loss_hi"))
+        assert np.all(lo <= hi) and np.mean((lo <= mid) & (mid <= hi)) > 0.8
+
+
+def test_measured_comparisons_see_the_built_in_differences() -> None:
+    a = analysis("full")
+    m = a["equal_compute"]["matched"]
+    fg = m["fine-grained_vs_moe"]["designs"][0]
+    assert fg["n"] == 9 and fg["wins"] == 9 and fg["mean_difference"][1] > 0.1
+    e8 = next(d for d in m["moe_vs_dense"]["designs"] if d["experts"] == 8)
+    assert e8["mean_difference"][1] > 0
+    row = a["equal_compute"]["fits"][0]
+    assert not row["extrapolated"] and row["gaps"]["fine-grained_vs_moe"][1] > 0
+
+
+def test_curve_gap_is_the_laws_and_does_not_grow() -> None:
+    """Krajewski's law moves G only through the N term, so at fixed N the gap is constant in
+    D: the curves must show it flat, and the claim must not say it grows."""
+    a = analysis("full")
+    cg = a["granularity_gap"]["curves"]
+    for pair in cg["pairs"]:
+        layers = {5.27e5: 2, 1.05e6: 4, 2.11e6: 8}[float(f"{pair['n_active']:.3g}")]
+        n_total = {g: counts(layers, 8, g, 2)["params_total_no_router"] for g in (1, 4)}
+        truth = float(moe_loss(n_total[1], 1e8, 1) - moe_loss(n_total[4], 1e8, 4))
+        assert np.allclose(pair["gap"], truth, atol=0.015)
+        assert pair["token_ratio"] < 1  # fine-grained reaches standard MoE's loss sooner
+    lo, hi = cg["gap_change"][1:]
+    assert lo < 0 < hi
+    assert any(
+        "is not resolved at this scale" in c and "grows with tokens" in c for c in a["claims"]
+    )
+
+
+def test_hyper_laws_and_noise_scale_follow_the_built_in_optima() -> None:
+    a = analysis("full")
+    h = a["hyper"]
+    assert set(h["curve_laws"]) == {"dense", "moe E8 k2 G1"}
+    at = h["at_common_loss"]["batch"]["archs"]
+    assert at["moe E8 k2 G1"]["interval"][1] < at["dense"]["interval"][0]
+    lr = h["at_common_loss"]["lr"]["archs"]
+    assert lr["moe E8 k2 G1"]["interval"][0] > lr["dense"]["interval"][1]
+    axes = sorted({(m["arch"], m["axis"]) for m in h["heatmaps"]})
+    assert axes == [
+        ("dense", "batch_size"),
+        ("dense", "lr"),
+        ("moe E8 k2 G1", "batch_size"),
+        ("moe E8 k2 G1", "lr"),
+    ]
+    for m in h["heatmaps"]:
+        assert set(v for v in m["best"] if v is not None) <= set(m["values"])
+    ns = a["noise_scale"]["archs"]
+    assert ns["moe"]["at_common"]["interval"][1] < ns["dense"]["at_common"]["interval"][0]
+    # the truth: B = 2e5·L^-4 for dense, 0.6 of it for MoE
+    level = a["noise_scale"]["common_loss"]
+    assert ns["dense"]["at_common"]["value"] == pytest.approx(2e5 * level**-4, rel=0.05)
+    assert ns["moe"]["at_common"]["exponent"] == pytest.approx(-4.0, abs=0.3)
+
+
+def test_branch_curves_are_stitched_to_their_trunk() -> None:
+    results, curves = study("full")
+    stitched = stitched_curves(curves, results)
+    branch = next(r for r in results if r["branch_of"])
+    trunk = stitched[branch["branch_of"]]
+    c = stitched[branch["run"]]
+    own = [r for r in curves if r["run"] == branch["run"]]
+    assert min(r["step"] for r in own) > branch["start_step"]
+    assert c.tokens[0] == trunk.tokens[0] and len(c.tokens) > len(own)
+    assert c.own_from == pytest.approx(
+        max(t for t in trunk.tokens if t <= branch["start_step"] * branch["batch_tokens"])
+    )
+    assert c.tokens[-1] == pytest.approx(branch["tokens"], rel=0.02)
+    assert np.all(np.diff(c.tokens) > 0)
+
+
+def test_claims_state_intervals_and_warnings_carry_the_engines() -> None:
+    a = analysis("full")
+    assert len(a["claims"]) >= 10
+    numeric = [c for c in a["claims"] if "[" in c]
+    assert len(numeric) >= 0.8 * len(a["claims"])
+    assert any("Krajewski et al." in c for c in a["claims"])
+    assert any("Wang et al." in c for c in a["claims"])
+    sections = {w["section"] for w in a["warnings"]}
+    assert "laws/fine-grained/krajewski" in sections  # the engine's own warning, carried
+    assert any(s.startswith("plans/") for s in sections)
+    assert all(w["message"] for w in a["warnings"])

@@ -1,0 +1,116 @@
+"""Study specs expand into the runs a user expects, with stable names and clear errors."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from moescale.accounting import count
+from moescale.config import config_from_dict
+from moescale.errors import ConfigError
+from moescale.study.spec import expand, parse_arch
+
+BASE = {
+    "model": {"vocab_size": 300, "seq_len": 32},
+    "train": {"batch_size": 4, "lr": 3e-3, "schedule": "wsd", "warmup_frac": 0.05,
+              "decay_frac": 0.2},
+    "data": {"corpus": ["texts"]},
+}  # fmt: skip
+
+
+def spec(**extra):
+    data = {
+        "base": copy.deepcopy(BASE),
+        "ladder": {"n_layers": [1, 2], "d_model_per_layer": 32, "head_dim": 16},
+        "architectures": ["dense", {"name": "moe", "experts": 4, "top_k": 2},
+                          {"name": "fg", "experts": 4, "top_k": 2, "granularity": 2}],
+        "tokens": {"budgets": [1280, 2560, 3840]},
+    }  # fmt: skip
+    data.update(extra)
+    return data
+
+
+def test_ladder_times_architectures_times_budgets_with_branches(tmp_path: Path):
+    study = expand(spec(), "s", base_dir=tmp_path)
+    trunks = [r for r in study.runs if not r.trunk]
+    branches = [r for r in study.runs if r.trunk]
+    assert len(trunks) == 2 * 3 and len(branches) == 2 * 3 * 2
+    by_name = study.by_name()
+    for b in branches:
+        trunk = by_name[b.trunk]
+        assert b.name in trunk.branches and b.tokens < trunk.tokens
+        assert b.config["train"]["init_from"].startswith(trunk.config["train"]["out_dir"])
+        # a branch is the separate run to its budget, started from the trunk's checkpoint
+        assert {k: v for k, v in b.config["train"].items() if k not in ("init_from", "out_dir",
+                "tokens")} == {k: v for k, v in trunk.config["train"].items()
+                               if k not in ("branch_tokens", "out_dir", "tokens")}  # fmt: skip
+    assert sorted(trunks[0].config["train"]["branch_tokens"]) == [1280, 2560]
+
+
+def test_fine_grained_pairs_keep_total_and_active_parameters(tmp_path: Path):
+    study = expand(spec(branches=False), "s", base_dir=tmp_path)
+    accts = {}
+    for r in study.runs:
+        if r.size == 1 and r.tokens == 1280:
+            accts[r.arch] = count(config_from_dict(copy.deepcopy(r.config)).model)
+    moe, fg = accts["moe"], accts["fg"]
+    assert moe.params_total_no_router == fg.params_total_no_router
+    assert moe.params_active_no_router == fg.params_active_no_router
+    assert (fg.routed_experts, fg.active_experts) == (8, 4)
+
+
+def test_pairs_by_counts_equal_pairs_in_standard_units():
+    a = parse_arch({"name": "x", "total_experts": 64, "routed": 8, "granularity": 8}, 0)
+    b = parse_arch({"name": "x", "experts": 8, "top_k": 1, "granularity": 8}, 0)
+    assert a == b and a.variant == "fine-grained"
+    with pytest.raises(ConfigError, match="multiples of granularity"):
+        parse_arch({"name": "x", "total_experts": 60, "routed": 8, "granularity": 8}, 0)
+
+
+def test_names_are_stable_and_distinct(tmp_path: Path):
+    a = expand(spec(), "s", base_dir=tmp_path)
+    b = expand(spec(), "s", base_dir=tmp_path)
+    assert [r.name for r in a.runs] == [r.name for r in b.runs]
+    assert len({r.name for r in a.runs}) == len(a.runs)
+    c = expand(spec(seeds=[0, 1]), "s", base_dir=tmp_path)
+    assert len(c.runs) == 2 * len(a.runs)
+
+
+def test_isoflop_tokens_follow_the_budget(tmp_path: Path):
+    study = expand(spec(tokens={"isoflop": {"flops": [3e9, 6e9]}}, branches=False), "s",
+                   base_dir=tmp_path)  # fmt: skip
+    for r in study.runs:
+        cfg = config_from_dict(copy.deepcopy(r.config))
+        c = count(cfg.model).flops_per_token * r.tokens
+        step = cfg.train.batch_size * cfg.model.seq_len
+        assert min(abs(c - 3e9), abs(c - 6e9)) <= count(cfg.model).flops_per_token * step
+
+
+def test_hyper_axes_add_one_run_per_new_value(tmp_path: Path):
+    study = expand(spec(hyper={"batch_size": [2, 4, 8], "lr": [1e-3]}), "s", base_dir=tmp_path)
+    hyper = [r for r in study.runs if r.hyper]
+    assert len(hyper) == 3 * (2 + 1)  # batch 4 is the base: no new run
+    assert all(r.size == 0 and not r.trunk for r in hyper)
+
+
+def test_explicit_runs(tmp_path: Path):
+    study = expand({"base": BASE, "runs": [{"name": "a", "set": {"train.tokens": 1280}},
+                                           {"name": "b", "set": {"train.lr": 1e-3}}]},
+                   "s", base_dir=tmp_path)  # fmt: skip
+    assert [r.name.split("-")[0] for r in study.runs] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [({"ladder": {"n_layers": [1], "bogus": 1}}, "unknown keys"),
+     ({"tokens": {"budgets": [1e3], "per_param": [2]}}, "one of budgets"),
+     ({"architectures": ["dense", "dense"]}, "expected 'dense' or a mapping|distinct"),
+     ({"hyper": {"sizes": [5], "lr": [1e-3]}}, "ladder indices"),
+     ({"seeds": [-1]}, "seeds"),
+     ({"colour": "red"}, "unknown keys")],
+)  # fmt: skip
+def test_bad_specs_name_the_key(tmp_path: Path, extra, match):
+    with pytest.raises(ConfigError, match=match):
+        expand(spec(**extra), "s", base_dir=tmp_path)

@@ -1,0 +1,126 @@
+"""`moescale study` end to end on a tiny corpus: real worker processes, real runs, the table,
+the laws, the report; then the ways a study goes wrong: killed, failing runs, re-runs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+
+from moescale.cli import main
+from moescale.run import read_summary_or_none
+from moescale.study.collect import read_table
+
+from .conftest import write_study
+
+COMPARE = ("run", "tokens", "flops", "params_active", "params_total", "val_loss", "steps")
+
+
+def _summaries(study: Path) -> dict[str, tuple[float, float]]:
+    """run -> (summary mtime, val_loss) of every finished run."""
+    out = {}
+    for d in sorted((study / "runs").iterdir()):
+        s = read_summary_or_none(d)
+        if s is not None and s.status == "done":
+            out[d.name] = ((d / "summary.json").stat().st_mtime, s.val_loss)
+    return out
+
+
+def test_tiny_study_end_to_end(tmp_path: Path, corpus_dir: Path, capsys):
+    spec = write_study(tmp_path, corpus_dir)
+    assert main(["study", str(spec)]) == 0
+    out = capsys.readouterr().out
+    study = tmp_path / "study"
+    manifest_runs = len(list((study / "configs").glob("*.yaml")))
+    rows = read_table(study / "results.csv")
+    assert len(rows) == manifest_runs == 2 * 2 * 2  # 2 archs x 2 sizes x 2 budgets
+    assert {r["variant"] for r in rows} == {"dense", "fine-grained"}
+    branches = [r for r in rows if r["branch_of"]]
+    assert len(branches) == 4 and all(r["flops_spent"] < r["flops"] for r in branches)
+    assert (study / "results.parquet").exists() and (study / "curves.csv").exists()
+    html = (study / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert images, "the report embeds its figures"
+    for b64 in images:
+        assert mpimg.imread(io.BytesIO(base64.b64decode(b64)), format="png").size > 0
+    assert "report:" in out and str(study / "report.html") in out
+
+    # a second call trains nothing and does not rewrite the report
+    before = _summaries(study)
+    report_mtime = (study / "report.html").stat().st_mtime
+    assert main(["study", str(spec)]) == 0
+    assert _summaries(study) == before
+    assert (study / "report.html").stat().st_mtime == report_mtime
+
+
+def _wait_for(cond, timeout: float = 120.0) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("timed out waiting for the study")
+        time.sleep(0.1)
+
+
+def test_killed_study_restarts_without_retraining(tmp_path: Path, corpus_dir: Path):
+    # the reference: the same study, never interrupted
+    (tmp_path / "ref").mkdir()
+    ref_spec = write_study(tmp_path / "ref", corpus_dir, executor={"workers": 2, "threads": 1})
+    assert main(["study", str(ref_spec), "--no-report"]) == 0
+    reference = read_table(tmp_path / "ref" / "study" / "results.csv")
+
+    spec = write_study(tmp_path, corpus_dir, executor={"workers": 1, "threads": 1})
+    study = tmp_path / "study"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "moescale.cli", "study", str(spec),
+                             "--no-report"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        _wait_for(lambda: (study / "runs").is_dir() and len(_summaries(study)) >= 2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done_before = _summaries(study)
+    assert 2 <= len(done_before) < len(reference)
+    assert main(["study", str(spec), "--no-report"]) == 0
+    after = _summaries(study)
+    assert {k: after[k] for k in done_before} == done_before  # finished runs kept, not retrained
+    table = read_table(study / "results.csv")
+    strip = [{k: r[k] for k in COMPARE} for r in table]
+    assert strip == [{k: r[k] for k in COMPARE} for r in reference]
+
+
+def test_failing_runs_are_retried_then_reported(tmp_path: Path, corpus_dir: Path, capsys):
+    runs = [{"name": "good", "set": {"train.tokens": 1024}},
+            {"name": "diverges", "set": {"train.tokens": 1024, "train.lr": 1e30}},
+            {"name": "no-gpu", "set": {"train.tokens": 1024, "train.device": "cuda"}}]  # fmt: skip
+    spec = write_study(tmp_path, corpus_dir, drop=("ladder", "architectures", "tokens"),
+                       runs=runs, executor={"workers": 2, "retries": 1, "threads": 1})
+    if _has_cuda():
+        pytest.skip("this machine has CUDA: the no-gpu run would succeed")
+    assert main(["study", str(spec), "--no-report"]) == 1
+    out = capsys.readouterr().out
+    assert "failed: good" not in out
+    assert re.search(r"failed: diverges-\w+: .*(non-finite|nan|inf)", out, re.I)
+    assert re.search(r"failed: no-gpu-\w+: .*cuda", out, re.I)
+    rows = read_table(tmp_path / "study" / "results.csv")
+    assert [r["run"].split("-")[0] for r in rows] == ["good"]
+    (log,) = (tmp_path / "study" / "runs").glob("diverges-*/stdout.log")
+    assert "the previous attempt failed" in log.read_text()  # retried once, then reported
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
