@@ -51,7 +51,8 @@ class MoEConfig:
     capacity_factor: float | None = None  # None: dropless (expert_choice: 1.0)
     capacity_policy: CapacityPolicy = "weight"  # over capacity, drop the lowest weights first
     balance_scope: BalanceScope = "step"  # load-balancing statistics over the optimizer step
-    # forward_scale: experts' output x k*G in the forward pass; fan_in: std from the
+    # forward_scale: experts' output x 1/(a kept slot's routing weight at init: k*G, or E*G for
+    # unnormalised softmax probabilities) in the forward pass; fan_in: std from the
     # dense-equivalent fan-in; scaled_weights: down-projection std x k*G (see model/moe.py)
     expert_init: ExpertInitKind = "forward_scale"
     bias_update_rate: float = 0.0  # sigmoid router: aux-loss-free balancing step (0: off)

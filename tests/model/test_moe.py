@@ -188,6 +188,32 @@ def test_default_init_keeps_output_scale_and_update_size_independent_of_g(down_o
     assert max(changes) / min(changes) < 1.1, changes
 
 
+ROUTERS = [("softmax_after_topk", {}), ("softmax_before_topk", {}),
+           ("softmax_before_topk", {"normalize_topk": True}), ("sigmoid", {}),
+           ("sigmoid", {"normalize_topk": False}), ("expert_choice", {})]  # fmt: skip
+
+
+def test_output_scale_at_init_does_not_depend_on_the_router():
+    """A study compares a Switch-style top-1 MoE (softmax before top-k: kept weights ~1/(E*G))
+    with a fine-grained one (softmax after top-k: ~1/(k*G)); the forward multiplier must start
+    both at a dense layer's output scale, or the recipe handicaps one architecture."""
+    torch.manual_seed(0)
+    x = torch.randn(2048, 64)
+    stds = {}
+    for router, extra in ROUTERS:
+        for g, k in ((1, 1), (4, 1), (2, 2)):
+            if router == "softmax_after_topk" and k * g == 1:
+                continue  # refused by validation (no router gradient)
+            cfg = MoEConfig(experts=8, granularity=g, top_k=k, router=router, **extra)
+            layer = MoEFFN(64, 256, cfg)
+            layer.init_weights(0.02, 0.02 / math.sqrt(8))
+            with torch.no_grad():
+                stds[(router, str(extra), g, k)] = float(layer(x)[0].std()) / math.sqrt(k)
+    # the kept softmax probability is the largest of E*G, a little above 1/(E*G): within 1.5x
+    # (before the multiplier followed the router, Switch's top-1 layer started 8x smaller)
+    assert max(stds.values()) / min(stds.values()) < 1.5, stds
+
+
 def test_scaled_weights_init_slows_the_fine_grained_down_projection():
     changes = [layer_response(g, "scaled_weights", True)[1] for g in (1, 8)]
     assert changes[0] / changes[1] > 4, changes  # why forward_scale is the default

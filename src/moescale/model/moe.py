@@ -160,6 +160,20 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+def forward_scale(cfg: MoEConfig) -> float:
+    """1 / the routing weight of one kept slot at init, so that every router and every G starts
+    with a layer output of a dense SwiGLU's scale. Renormalised kept weights (softmax_after_topk,
+    and by default sigmoid) are about 1/(k*G) each; softmax_before_topk and expert_choice keep
+    softmax probabilities of about 1/(E*G) (Switch's top-1 layer would start E times smaller than
+    a fine-grained one: a handicap of the architecture's recipe, not of the architecture);
+    sigmoid without renormalisation keeps about 1/2."""
+    if cfg.router == "softmax_after_topk" or cfg.renormalizes:
+        return float(cfg.active_experts)
+    if cfg.router == "sigmoid":
+        return 2.0
+    return float(cfg.routed_experts)
+
+
 class MoEFFN(nn.Module):
     """E*G routed SwiGLU experts of hidden d_ff/G in packed 3-D weights, plus shared experts."""
 
@@ -177,7 +191,7 @@ class MoEFFN(nn.Module):
         self.register_buffer("expert_bias_X", torch.zeros(n_exp), persistent=True)
         # A fixed multiplier of the routed experts' output (Megatron-Core's
         # moe_router_topk_scaling_factor, DeepSeek's routed_scaling_factor), see init_weights.
-        self.out_scale = float(cfg.active_experts) if cfg.expert_init == "forward_scale" else 1.0
+        self.out_scale = forward_scale(cfg) if cfg.expert_init == "forward_scale" else 1.0
 
     def init_weights(self, std: float, out_std: float) -> None:
         """Inputs N(0, std); the down-projection by `expert_init`.

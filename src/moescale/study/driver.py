@@ -156,9 +156,27 @@ def analyze_and_report(study: Study, c: Collected, budgets: Any, force: bool = F
     analysis = analyze(c.rows, c.curves, budgets=tuple(float(b) for b in budgets))
     analysis["results_sha256"] = digest
     analysis["problems"] = [{"path": p, "reason": r} for p, r in c.problems]
-    path = write_report(out, c.rows, c.curves, analysis, title=f"moescale study: {study.name}")
+    analysis["compute"] = compute_saved(c.rows)
+    meta = {"training": analysis["compute"]["summary"]}
+    path = write_report(out, c.rows, c.curves, analysis, title=f"moescale study: {study.name}",
+                        meta=meta)  # fmt: skip
     atomic_write_json(out / "study.json", analysis)
     return path
+
+
+def compute_saved(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the WSD branches saved: the exact FLOPs of every point as a separate run against
+    the FLOPs the study's run directories actually computed."""
+    points = sum(float(r["flops"]) for r in rows)
+    spent = sum(float(r["flops_spent"]) for r in rows)
+    branches = sum(1 for r in rows if r.get("branch_of"))
+    wall = sum(float(r.get("wall_time_s") or 0) for r in rows)
+    ratio = points / spent if spent > 0 else None
+    summary = (f"{len(rows)} points ({branches} from WSD decay branches), {human(spent)}FLOP "
+               f"trained vs {human(points)}FLOP as separate runs"
+               + (f" ({ratio:.2f}x less)" if ratio else "") + f"; {duration(wall)} of run time")
+    return {"flops_points": points, "flops_spent": spent, "saved_ratio": ratio,
+            "branch_points": branches, "run_time_s": wall, "summary": summary}  # fmt: skip
 
 
 def run_study(
