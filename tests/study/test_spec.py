@@ -95,6 +95,15 @@ def test_hyper_axes_add_one_run_per_new_value(tmp_path: Path):
     assert all(r.size == 0 and not r.trunk for r in hyper)
 
 
+def test_batch_axis_keeps_the_noise_scale_estimable(tmp_path: Path):
+    data = spec(hyper={"batch_size": [2, 8]})
+    data["base"]["train"].update(micro_batch_size=2, noise_scale=True)
+    study = expand(data, "s", base_dir=tmp_path)
+    micro = {r.config["train"]["batch_size"]: r.config["train"]["micro_batch_size"]
+             for r in study.runs if r.hyper}  # fmt: skip
+    assert micro == {2: 1, 8: 2}  # every run has >= 2 micro-batches, and each config validates
+
+
 def test_explicit_runs(tmp_path: Path):
     study = expand({"base": BASE, "runs": [{"name": "a", "set": {"train.tokens": 1280}},
                                            {"name": "b", "set": {"train.lr": 1e-3}}]},

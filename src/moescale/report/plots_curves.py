@@ -160,8 +160,15 @@ def fig_hyper_laws(a: Mapping[str, Any]) -> Figure | str:
     laws = h["curve_laws"]
     if skipped(laws):
         return f"the curve laws were not fitted: {laws['skipped']}"
+    if not any(sec.get("points") for sec in laws.values() if isinstance(sec, Mapping)):
+        return ("no optimum to draw: on every training curve the best batch size and learning "
+                "rate lie at an end of the sweep (see the heatmaps); widen the hyper axes")
     fig, axes = new_figure(2, cols=2, height=3.7)
     for ax, hyper, name in ((axes[0], "batch", "batch_vs_loss"), (axes[1], "lr", "lr_vs_loss")):
+        if not any(p["hyper"] == hyper for sec in laws.values() for p in sec.get("points", [])):
+            ax.text(0.5, 0.5, f"no {hyper} optima on the curves", ha="center",
+                    transform=ax.transAxes)  # fmt: skip
+            continue
         for arch, sec in laws.items():
             pts = [p for p in sec["points"] if p["hyper"] == hyper]
             if not pts:

@@ -153,7 +153,16 @@ def analyze_and_report(study: Study, c: Collected, budgets: Any, force: bool = F
     from moescale.report import write_report
     from moescale.study.analyze import analyze
 
-    analysis = analyze(c.rows, c.curves, budgets=tuple(float(b) for b in budgets))
+    laws_log = logging.getLogger("moescale.laws")
+    level = laws_log.level
+    laws_log.setLevel(logging.ERROR)  # each fit's warnings go into study.json and the report once
+    try:
+        analysis = analyze(c.rows, c.curves, budgets=tuple(float(b) for b in budgets))
+    finally:
+        laws_log.setLevel(level)
+    if analysis.get("warnings"):
+        logger.info("report: %d warnings about the fits (listed in the report and study.json)",
+                    len(analysis["warnings"]))  # fmt: skip
     analysis["results_sha256"] = digest
     analysis["problems"] = [{"path": p, "reason": r} for p, r in c.problems]
     analysis["compute"] = compute_saved(c.rows)

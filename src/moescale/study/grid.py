@@ -123,6 +123,19 @@ def model_config(base: dict, shape: Mapping, arch: Arch, seed: int, where: str) 
     return config
 
 
+def micro_for(config: Mapping[str, Any], axis: str, batch: float) -> dict[str, Any]:
+    """A batch size of the axis keeps the base's micro-batch when it can; one that the micro-batch
+    does not divide, or that would leave the noise-scale estimator a single micro-batch, gets
+    micro-batches of half the batch."""
+    t = config.get("train", {})
+    micro = t.get("micro_batch_size")
+    if axis != "batch_size" or not micro:
+        return {}
+    if batch % micro or (t.get("noise_scale") and batch // micro < 2):
+        return {"train.micro_batch_size": max(1, int(batch) // 2)}
+    return {}
+
+
 def hyper_runs(
     spec: Any, base: dict, shapes: list[dict], archs: list[Arch], tokens: Any, out_dir: Path
 ) -> list[Run]:
@@ -156,7 +169,7 @@ def hyper_runs(
                 for v in values:
                     if v == config["train"].get(axis):
                         continue  # the ladder run already is this point
-                    cfg = _with(config, {f"train.{axis}": v})
+                    cfg = _with(config, {f"train.{axis}": v, **micro_for(config, axis, v)})
                     tag = f"{arch.name}-L{shapes[i].get('n_layers', i)}-{axis}{v:g}"
                     runs += model_runs(arch, i, cfg, target, False, out_dir, tag, axis)
     return runs
