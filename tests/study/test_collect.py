@@ -74,3 +74,14 @@ def test_cli_exit_status_and_json(tmp_path: Path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert [r["run"] for r in out["rows"]] == ["ok"]
     assert "no finite val_loss" in out["problems"][0]["reason"]
+
+
+def test_a_study_collects_only_its_current_runs(tmp_path: Path):
+    fake_run(tmp_path / "runs", "kept")
+    fake_run(tmp_path / "runs", "old")  # from an earlier version of the spec
+    (tmp_path / "runs.json").write_text(json.dumps(
+        {"name": "s", "runs": [{"name": "kept", "arch": "fg", "variant": "fine-grained",
+                                "hyper": "", "trunk": ""}]}))  # fmt: skip
+    c = collect(tmp_path)
+    assert [(r["run"], r["arch_name"]) for r in c.rows] == [("kept", "fg")]
+    assert "current spec" in dict(c.problems)[str(tmp_path / "runs" / "old")]

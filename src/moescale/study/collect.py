@@ -95,6 +95,10 @@ def collect(root: str | Path, write: bool = True) -> Collected:
     out = Collected([], [])
     for d in run_dirs(root):
         labels = manifest.get(d.name, {})
+        if manifest and not labels:
+            out.problems.append((str(d), "not a run of the study's current spec (runs.json): "
+                                 "left out of the table; move it elsewhere to keep it"))
+            continue
         try:
             row = row_of(d, labels)
             curve = [{"run": row["run"], **{k: r.get(k) for k in CURVE_KEYS}}
