@@ -6,7 +6,7 @@ when the table changed (`study.json` records the hash of the results it was comp
 second call on a finished study returns in seconds.
 
     <out_dir>/
-      study.yaml         the spec as given (with --set applied)
+      study.yaml         a copy of the spec file (--set overrides are in each run's config)
       runs.json          the expanded runs: name, architecture, axis labels, trunk of a branch
       configs/NAME.yaml  each run's config (an ordinary `moescale train` config)
       runs/NAME/         each run's directory (moescale.run)
