@@ -160,7 +160,7 @@ def grouped_experts(
         # Back to slot order, then sum each token's K slots: no atomics (index_add_ would be
         # non-deterministic on CUDA), accumulation in float32. Dropped slots stay zero.
         out_SD = out_MD.new_zeros(n_tok * k, out_MD.shape[1]).index_copy(0, order_M, out_MD)
-        return out_SD.view(n_tok, k, -1).sum(1, dtype=torch.float32).to(dtype)
+        return out_SD.view(n_tok, k, out_SD.shape[-1]).sum(1, dtype=torch.float32).to(dtype)
 
 
 BACKENDS: dict[str, Backend] = {"reference": reference_experts, "grouped": grouped_experts}

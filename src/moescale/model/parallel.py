@@ -1,0 +1,254 @@
+"""Expert parallelism: the X = E*G routed experts of an MoE layer split over the P ranks of a
+process group, tokens sent to their experts' ranks and back with all_to_all.
+
+Rank r holds the contiguous block of L = X / P experts [r*L, (r+1)*L). Each rank routes its own
+tokens (the router and shared experts are replicated; routing is computed locally, as in
+`MoEFFN`), then one layer's forward is:
+
+1. sort the kept (token, slot) pairs by expert, hence by destination rank (dropped slots, index
+   X, are left out);
+2. one all_reduce of the (P, P, L) count matrix (source rank, destination rank, local expert):
+   every rank learns what it receives, and every rank's load, in one small collective;
+3. all_to_all the token vectors (uneven split sizes; zero-size splits are fine);
+4. the receiving rank runs its local experts on the received rows (`experts.expert_forward`,
+   local expert indices, weight 1);
+5. all_to_all the expert outputs back (the reverse splits), then multiply by the routing
+   weights on the sender, so the weights' gradient (hence the router's) stays local, and sum
+   each token's K slots.
+
+Both exchanges are `_AllToAll`, an autograd function whose backward is the reverse all_to_all,
+so gradients flow through them. Backward is therefore collective: every rank of the group must
+run the forward and the backward of every expert-parallel layer, in the same order (autograd's
+dependency order ensures the order within a model).
+
+Gradients, for a loss that is a sum over ranks of each rank's own loss: a rank's expert shard
+gradient already holds every rank's tokens' contributions (they came to it), so expert shards
+are not all-reduced; the replicated router and shared experts hold this rank's contribution
+only and are all-reduced (summed) over the group, as in data parallelism. With per-rank mean
+losses averaged over ranks (DDP), divide the expert shards' gradients by P as well.
+
+Legend as in `moe.py`, plus: P ranks in the group, L local experts (X / P), M kept slots this
+rank sends (sorted by expert), R rows this rank receives (sorted by source rank, then local
+expert).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from moescale.model import experts
+from moescale.model.moe import MoEFFN, MoEStats, load_imbalance, route
+
+
+@dataclass
+class ExpertParallelStats:
+    """What one expert-parallel exchange reports (counts of kept slots, after dropping)."""
+
+    tokens_per_local_expert: torch.Tensor  # (L,) rows this rank's experts received
+    rows_per_rank: torch.Tensor  # (P,) rows each rank's experts received
+    sent_per_rank: torch.Tensor  # (P,) rows this rank sent to each rank
+    tokens_per_expert: torch.Tensor  # (X,) kept slots per expert over the whole group
+
+    @property
+    def load_imbalance(self) -> float:
+        """max / mean rows received over ranks: 1.0 is perfectly balanced, P is one busy rank."""
+        return load_imbalance(self.rows_per_rank)
+
+
+@dataclass
+class ExpertParallelMoEStats(MoEStats):
+    """`MoEStats` of this rank's routing (local tokens), plus the exchange's statistics."""
+
+    parallel: ExpertParallelStats | None = None
+
+
+def _group_rank_world(group) -> tuple[int, int]:
+    """(rank, world size) in `group`; (0, 1) when torch.distributed is not initialised."""
+    if group is None and not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+class _AllToAll(torch.autograd.Function):
+    """all_to_all_single along dim 0 with uneven splits; backward is the reverse exchange."""
+
+    @staticmethod
+    def forward(ctx, x_ND, out_splits, in_splits, group):
+        ctx.splits, ctx.group = (out_splits, in_splits), group
+        out = x_ND.new_empty(sum(out_splits), *x_ND.shape[1:])
+        dist.all_to_all_single(out, x_ND.contiguous(), out_splits, in_splits, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        out_splits, in_splits = ctx.splits
+        grad_in = grad_out.new_empty(sum(in_splits), *grad_out.shape[1:])
+        dist.all_to_all_single(
+            grad_in, grad_out.contiguous(), in_splits, out_splits, group=ctx.group
+        )
+        return grad_in, None, None, None
+
+
+def _exchange(x_ND, out_splits, in_splits, group, world):
+    if world == 1:
+        return x_ND
+    return _AllToAll.apply(x_ND, out_splits, in_splits, group)
+
+
+def expert_parallel_forward(
+    x_TD: torch.Tensor,
+    expert_idx_TK: torch.Tensor,
+    weight_TK: torch.Tensor,
+    w13_local_LDH: torch.Tensor,
+    w2_local_LFD: torch.Tensor,
+    n_experts: int,
+    group=None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, ExpertParallelStats]:
+    """`experts.expert_forward` with the experts split over the ranks of `group` (module doc).
+
+    `expert_idx_TK` are global expert indices (X = `n_experts` marks a dropped slot);
+    `w13_local_LDH` / `w2_local_LFD` are this rank's block of L = X / P experts. Collective:
+    every rank of the group calls it (and its backward) together, with any number of tokens,
+    zero included. Without an initialised process group it runs alone (P = 1)."""
+    rank, world = _group_rank_world(group)
+    if n_experts % world:
+        raise ValueError(f"{n_experts} experts do not split evenly over {world} ranks")
+    n_local = n_experts // world
+    if w13_local_LDH.shape[0] != n_local or w2_local_LFD.shape[0] != n_local:
+        raise ValueError(
+            f"rank {rank} holds {w13_local_LDH.shape[0]} / {w2_local_LFD.shape[0]} experts; "
+            f"{n_experts} experts over {world} ranks is {n_local} each"
+        )
+    n_tok, k = expert_idx_TK.shape
+    dtype = experts._compute_dtype(x_TD)
+    device = x_TD.device
+
+    # 1. kept slots sorted by expert: destination ranks are contiguous blocks
+    flat_S = expert_idx_TK.reshape(-1)
+    counts_X = torch.bincount(flat_S, minlength=n_experts + 1)[:n_experts]
+    order_M = torch.argsort(flat_S, stable=True)[: int(counts_X.sum())]
+    tok_M = order_M // k
+
+    # 2. one small collective: counts_PPL[src, dst, l], each rank filling its own row
+    counts_PPL = torch.zeros(world, world, n_local, dtype=torch.int64, device=device)
+    counts_PPL[rank] = counts_X.view(world, n_local)
+    if world > 1:
+        dist.all_reduce(counts_PPL, group=group)
+    recv_PL = counts_PPL[:, rank]
+    send_P = counts_PPL[rank].sum(1)
+    send_splits, recv_splits = send_P.tolist(), recv_PL.sum(1).tolist()
+
+    # 3. tokens to their experts' ranks
+    with torch.autocast(device.type, enabled=False):
+        x_MD = x_TD.to(dtype).index_select(0, tok_M)
+    x_RD = _exchange(x_MD, recv_splits, send_splits, group, world)
+
+    # 4. this rank's experts on the received rows
+    local_R = torch.arange(n_local, device=device).repeat(world)
+    local_R = local_R.repeat_interleave(recv_PL.reshape(-1))
+    if x_RD.shape[0] == 0:  # nothing to compute (the grouped_mm path cannot view 0 rows), but
+        # stay in the graph so that the backward's collective runs on this rank too
+        zero = (x_RD.sum() + w13_local_LDH.sum() + w2_local_LFD.sum()) * 0
+        h_RD = x_RD.new_zeros(0, w2_local_LFD.shape[2]) + zero.to(x_RD.dtype)
+    else:
+        h_RD = experts.expert_forward(
+            x_RD,
+            local_R[:, None],
+            x_RD.new_ones(x_RD.shape[0], 1, dtype=torch.float32),
+            w13_local_LDH,
+            w2_local_LFD,
+            backend=backend,
+        )
+
+    # 5. back to the sender; weights applied here; each token's K slots summed in float32
+    out_MD = _exchange(h_RD, send_splits, recv_splits, group, world)
+    w_M = weight_TK.reshape(-1)[order_M].to(out_MD.dtype)
+    out_SD = out_MD.new_zeros(n_tok * k, out_MD.shape[1])
+    out_SD = out_SD.index_copy(0, order_M, out_MD * w_M[:, None])
+    y_TD = out_SD.view(n_tok, k, out_MD.shape[1]).sum(1, dtype=torch.float32).to(out_MD.dtype)
+
+    stats = ExpertParallelStats(
+        tokens_per_local_expert=recv_PL.sum(0),
+        rows_per_rank=counts_PPL.sum((0, 2)),
+        sent_per_rank=send_P,
+        tokens_per_expert=counts_PPL.sum(0).reshape(-1),
+    )
+    return y_TD, stats
+
+
+def shard_experts(layer: MoEFFN, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank `rank`'s block of `layer`'s routed experts: (w13_LDH, w2_LFD), detached copies."""
+    n_experts = layer.w13_XDH.shape[0]
+    if n_experts % world:
+        raise ValueError(f"{n_experts} experts do not split evenly over {world} ranks")
+    n_local = n_experts // world
+    sl = slice(rank * n_local, (rank + 1) * n_local)
+    return layer.w13_XDH.detach()[sl].clone(), layer.w2_XFD.detach()[sl].clone()
+
+
+class ExpertParallelMoE(nn.Module):
+    """One rank's part of an expert-parallel `MoEFFN`: the replicated router, shared experts and
+    selection bias, and this rank's block of routed experts. `forward` computes what
+    `MoEFFN.forward` computes on this rank's tokens (`out_scale` times the routed experts'
+    output, plus the shared experts), exchanging tokens with the other ranks of `group`."""
+
+    def __init__(self, layer: MoEFFN, group=None):
+        super().__init__()
+        self.group = group
+        self.rank, self.world = _group_rank_world(group)
+        self.cfg = layer.cfg
+        self.n_experts = layer.w13_XDH.shape[0]
+        self.out_scale = layer.out_scale
+        self.router = copy.deepcopy(layer.router)
+        self.shared = copy.deepcopy(layer.shared)
+        w13, w2 = shard_experts(layer, self.rank, self.world)
+        self.w13_LDH = nn.Parameter(w13)
+        self.w2_LFD = nn.Parameter(w2)
+        self.register_buffer("expert_bias_X", layer.expert_bias_X.detach().clone())
+
+    @property
+    def local_experts(self) -> range:
+        """The global indices of this rank's experts."""
+        n_local = self.n_experts // self.world
+        return range(self.rank * n_local, (self.rank + 1) * n_local)
+
+    def forward(
+        self, x_BSD: torch.Tensor, prior_counts_X: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ExpertParallelMoEStats]:
+        x_TD = x_BSD.reshape(-1, x_BSD.shape[-1])
+        with torch.autocast(x_TD.device.type, enabled=False):  # router logits in float32
+            logits_TX = F.linear(x_TD.float(), self.router.weight.float())
+        bias = self.expert_bias_X if self.cfg.bias_update_rate > 0 else None
+        r = route(logits_TX, self.cfg, bias, prior_counts_X)
+        weight_TK = r.weight_TK * self.out_scale if self.out_scale != 1.0 else r.weight_TK
+        y_TD, par = expert_parallel_forward(
+            x_TD,
+            r.expert_idx_TK,
+            weight_TK,
+            self.w13_LDH,
+            self.w2_LFD,
+            self.n_experts,
+            group=self.group,
+            backend=self.cfg.backend,
+        )
+        if self.shared is not None:
+            y_TD = y_TD + self.shared(x_TD)
+        s = r.stats
+        stats = ExpertParallelMoEStats(
+            s.aux_loss, s.z_loss, s.tokens_per_expert, s.dropped_frac, parallel=par
+        )
+        return y_TD.view_as(x_BSD), stats
+
+    @torch.no_grad()
+    def update_bias(self, tokens_per_expert_X: torch.Tensor) -> None:
+        """As `MoEFFN.update_bias`. Pass group-wide loads (this rank's
+        `stats.tokens_per_expert`, routed slots before dropping, summed over the group with an
+        all_reduce) so that every rank's replica of the bias stays the same."""
+        MoEFFN.update_bias(self, tokens_per_expert_X)  # type: ignore[arg-type]
