@@ -26,6 +26,9 @@ COMMANDS: dict[str, str] = {
     "study": "train a ladder of runs, collect, fit the laws and write the report",
     "collect": "run directories -> results table (CSV, Parquet) and training curves",
     "report": "fit the laws and write the HTML report of a study directory",
+    "eval": "perplexity of a text file, or lm-eval tasks, for a trained run",
+    "generate": "sample text from a trained run",
+    "export": "the trained model as Hugging Face safetensors + config.json + tokenizer",
 }
 
 
