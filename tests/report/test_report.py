@@ -72,7 +72,8 @@ def test_page_is_self_contained_and_says_every_claim(kind: str) -> None:
 def test_skipped_sections_show_their_reason_instead_of_a_figure() -> None:
     html = report("minimal").read_text(encoding="utf-8")
     a = analysis("minimal")
-    assert html.count("Not drawn:") == 4  # both heatmaps, hyper laws, noise scale
+    assert html.count("Not drawn:") == 5  # both heatmaps, hyper laws, noise scale, accuracy
+    assert "no downstream evaluation in this study" in html
     assert escape(a["hyper"]["skipped"]) in html
     assert escape(a["noise_scale"]["skipped"]) in html
     assert escape(a["laws"]["moe"]["laws"]["wang"]["skipped"]) in html  # the laws table

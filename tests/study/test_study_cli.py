@@ -124,3 +124,17 @@ def _has_cuda() -> bool:
         return torch.cuda.is_available()
     except ImportError:
         return False
+
+
+def test_study_evaluates_ladder_runs_downstream(tmp_path: Path, corpus_dir: Path):
+    pytest.importorskip("lm_eval")
+    small = {"ladder": {"n_layers": [1], "d_model_per_layer": 16, "head_dim": 16},
+             "architectures": ["dense"], "tokens": {"budgets": [1024, 2048]}}  # fmt: skip
+    spec = write_study(tmp_path, corpus_dir, **small, eval={"tasks": ["moescale_cloze"],
+                                                            "limit": 8})  # fmt: skip
+    assert main(["study", str(spec)]) == 0
+    rows = read_table(tmp_path / "study" / "results.csv")
+    assert len(rows) == 2 and all(0 <= r["eval_moescale_cloze_acc"] <= 1 for r in rows)
+    html = (tmp_path / "study" / "report.html").read_text()
+    assert 'id="fig-accuracy"' in html and "Downstream accuracy against compute" in html
+    assert (tmp_path / "study" / "figures" / "accuracy.png").exists()  # drawn, not skipped

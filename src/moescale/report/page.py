@@ -119,6 +119,12 @@ CAPTIONS: dict[str, tuple[str, str]] = {
         "edge of the sweep, not fitted) and the fitted power laws. Wang et al. (2024) find "
         "MoE's batch smaller and its LR larger than dense at equal loss: compare the lines at "
         "one loss."),
+    "accuracy": (
+        "Downstream accuracy against compute",
+        "Accuracy of every ladder run on each evaluated task (lm-eval, the run's final "
+        "checkpoint) against its training compute, ±95 % from the task's standard error. The "
+        "fine-grained paper compares architectures on such benchmarks as well as on loss; at "
+        "small scale most tasks sit near chance, where a difference means little."),
     "noise_scale": (
         "Gradient noise scale",
         "B_simple (tokens) against the training loss of its window: runs' final estimates, "
@@ -128,7 +134,8 @@ CAPTIONS: dict[str, tuple[str, str]] = {
 }  # fmt: skip
 
 
-def _figures(out_dir: Path, a: Mapping[str, Any], curves: Mapping[str, Any]) -> list[Plot]:
+def _figures(out_dir: Path, a: Mapping[str, Any], curves: Mapping[str, Any],
+             results: Sequence[Mapping[str, Any]] = ()) -> list[Plot]:  # fmt: skip
     builds: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = [
         ("loss_vs_compute", plots.fig_loss_vs_compute, (a,)),
         ("isoflop", plots.fig_isoflop, (a,)),
@@ -140,6 +147,7 @@ def _figures(out_dir: Path, a: Mapping[str, Any], curves: Mapping[str, Any]) -> 
         ("heatmap_lr", plots_curves.fig_heatmaps, (a, "lr")),
         ("hyper_laws", plots_curves.fig_hyper_laws, (a,)),
         ("noise_scale", plots_curves.fig_noise_scale, (a,)),
+        ("accuracy", plots_curves.fig_accuracy, (results,)),
     ]
     out = []
     for name, build, args in builds:
@@ -209,7 +217,7 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stitched = stitched_curves(list(curves), list(results))
-    figs = _figures(out, analysis, stitched)
+    figs = _figures(out, analysis, stitched, results)
     path = out / "report.html"
     atomic_write_text(path, render(analysis, results, figs, title, meta))
     return path

@@ -8,7 +8,7 @@ stitched ones (a WSD branch drawn from its trunk's start), smoothed for reading.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -232,3 +232,29 @@ def _order(key: str) -> int:
     """Architectures in the report's order (dense, standard MoE, fine-grained)."""
     head = key.split(" ")[0]
     return VARIANTS.index(head) if head in VARIANTS else len(VARIANTS)
+
+
+def fig_accuracy(results: Sequence[Mapping[str, Any]]) -> Figure | str:
+    """Downstream accuracy against training compute per architecture, one panel per task
+    (`eval_<task>_acc` columns, written when the study file has `eval: {tasks: [...]}`)."""
+    cols = sorted({k for r in results for k in r if k.startswith("eval_") and k.endswith("_acc")})
+    if not cols:
+        return "no downstream evaluation in this study (add eval: {tasks: [...]} to the study file)"
+    fig, axes = new_figure(len(cols), height=3.6)
+    for ax, col in zip(axes, cols, strict=False):
+        err = col + "_stderr"
+        for v in VARIANTS:
+            rows = sorted((r for r in results if r.get("variant") == v and r.get(col) is not None
+                           and not r.get("hyper")), key=lambda r: r["flops_simple"])  # fmt: skip
+            if not rows:
+                continue
+            x = [r["flops_simple"] for r in rows]
+            y = [r[col] for r in rows]
+            e = [1.96 * (r.get(err) or 0.0) for r in rows]
+            ax.errorbar(x, y, yerr=e, fmt="o", ms=4, color=color(v), label=label(v), alpha=0.85)
+        log_axes(ax, True, False)
+        ax.set_xlabel("training compute C = 6·N_active·D (FLOPs)")
+        ax.set_ylabel("accuracy (±95 %)")
+        ax.set_title(col.removeprefix("eval_").removesuffix("_acc"))
+        ax.legend(loc="best")
+    return fig

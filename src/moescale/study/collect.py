@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,23 @@ def row_of(run_dir: Path, labels: dict[str, Any]) -> dict[str, Any]:
         flops_spent=spent,
     )  # fmt: skip
     row["run"] = labels.get("name", run_dir.name)
+    row.update(eval_columns(run_dir, s.steps))
     return row
+
+
+def eval_columns(run_dir: Path, step: int) -> dict[str, float]:
+    """`eval_<task>_<metric>` of the lm-eval results of the run's final checkpoint (eval.json,
+    written by `moescale eval RUN --tasks ...`)."""
+    from moescale.eval.results import read_eval  # no torch
+
+    out = {}
+    for entry in read_eval(run_dir).values():
+        if entry.get("kind") != "task" or entry.get("step") != step:
+            continue
+        for metric, value in (entry.get("metrics") or {}).items():
+            name = re.sub(r"[^0-9A-Za-z]+", "_", f"eval_{entry['task']}_{metric}").strip("_")
+            out[name] = float(value)
+    return out
 
 
 def collect(root: str | Path, write: bool = True) -> Collected:

@@ -38,6 +38,7 @@ from moescale.study.tasks import DONE, FAILED, SKIPPED, Task
 
 logger = logging.getLogger(__name__)
 DEFAULT_BUDGETS = (1e18, 1e20, 1e22)
+EVAL_EST_S = 15.0  # an evaluation's process: imports (lm-eval) and a few hundred items
 
 
 @dataclass
@@ -75,10 +76,15 @@ def write_plan(study: Study, spec_text: str) -> list[Task]:
         for r in study.runs]}  # fmt: skip
     _write_if_changed(out / "runs.json", json.dumps(manifest, indent=1) + "\n")
     tasks = []
+    evals = study.eval_tasks()
+    limit = study.eval.get("limit")
     for r in study.runs:
         path = out / "configs" / f"{r.name}.yaml"
         _write_if_changed(path, yaml.safe_dump(r.config, sort_keys=False))
         tasks.append(Task(r, path))
+        if evals and not r.hyper:  # downstream accuracy of every ladder point
+            tasks.append(Task(r, path, eval_tasks=evals,
+                              eval_limit=int(limit) if limit else None))  # fmt: skip
     return tasks
 
 
@@ -209,7 +215,7 @@ def run_study(
     prepare_study_data(study)
     estimates = calibrate(study.runs, threads, study.out_dir / "calibration.json")
     for t in tasks:
-        t.est_s = estimates[t.run.name]
+        t.est_s = estimates[t.run.name] if not t.eval_tasks else EVAL_EST_S
     execute(tasks, make_executor(ex_cfg, study), ex_cfg.retries)
     outcome = StudyOutcome(study, tasks)
     outcome.collected = collect(study.out_dir)

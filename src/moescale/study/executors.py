@@ -120,18 +120,17 @@ class LocalExecutor:
     def start(self, task: Task, slot: int) -> None:
         task.run_dir.mkdir(parents=True, exist_ok=True)
         out = open(task.run_dir / "stdout.log", "ab")  # noqa: SIM115 (closed in reap)
-        cmd = [sys.executable, "-m", "moescale.cli", "train", str(task.config_path),
-               "--threads", str(self.threads)]  # fmt: skip
+        cmd = [sys.executable, "-m", "moescale.cli", *task.argv(self.threads)]
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env(slot),
                                 preexec_fn=_die_with_parent)  # fmt: skip
         out.close()
-        self.procs[task.run.name] = (proc, slot)
+        self.procs[task.name] = (proc, slot)
 
     def poll(self, task: Task) -> int | None:
-        proc, _ = self.procs[task.run.name]
+        proc, _ = self.procs[task.name]
         rc = proc.poll()
         if rc is not None:
-            del self.procs[task.run.name]
+            del self.procs[task.name]
         return rc
 
     def free_slot(self) -> int:
@@ -170,7 +169,7 @@ def failure_reason(task: Task, rc: int) -> str:
 def execute(tasks: list[Task], executor: Any, retries: int) -> list[Task]:
     """Run the tasks to the end on `executor` (LocalExecutor or SubmititExecutor); returns them
     with their final states. Raises KeyboardInterrupt after stopping the workers cleanly."""
-    by_name = {t.run.name: t for t in tasks}
+    by_name = {t.run.name: t for t in tasks if not t.eval_tasks}
     for t in tasks:
         if is_done(t):
             t.state, t.already_done = DONE, True
@@ -187,20 +186,20 @@ def execute(tasks: list[Task], executor: Any, retries: int) -> list[Task]:
                 ok = ready(t, by_name)
                 if ok is None:
                     t.state, t.reason = SKIPPED, f"its trunk {t.run.trunk} failed"
-                    progress.update(t, f"skipped {t.run.name}: {t.reason}")
+                    progress.update(t, f"skipped {t.name}: {t.reason}")
                 elif ok:
                     t.state, t.started = RUNNING, time.perf_counter()
                     t.attempts += 1
                     executor.start(t, executor.free_slot())
                     progress.update(
                         t,
-                        f"start {t.run.name}"
+                        f"start {t.name}"
                         + (f" (attempt {t.attempts})" if t.attempts > 1 else ""),
                     )
             _reap(tasks, executor, retries, progress)
             time.sleep(POLL_S)
     except KeyboardInterrupt:
-        running = [t.run.name for t in tasks if t.state == RUNNING]
+        running = [t.name for t in tasks if t.state == RUNNING]
         executor.stop()
         progress.close()
         logger.warning(
@@ -227,15 +226,15 @@ def _reap(tasks: list[Task], executor: Any, retries: int, progress: Progress) ->
             t.state = DONE
             s = read_summary_or_none(t.run_dir)
             loss = f"val_loss {s.val_loss:.4f}" if s and s.val_loss is not None else ""
-            progress.update(t, f"done  {t.run.name}: {loss} in {took:.0f} s")
+            progress.update(t, f"done  {t.name}: {'' if t.eval_tasks else loss} in {took:.0f} s")
             continue
         t.reason = failure_reason(t, rc)
         if t.attempts <= retries:
             t.state = PENDING
-            progress.update(t, f"retry {t.run.name} (attempt {t.attempts} failed: {t.reason})")
+            progress.update(t, f"retry {t.name} (attempt {t.attempts} failed: {t.reason})")
         else:
             t.state = FAILED
-            progress.update(t, f"FAILED {t.run.name} after {t.attempts} attempts: {t.reason}")
+            progress.update(t, f"FAILED {t.name} after {t.attempts} attempts: {t.reason}")
 
 
 __all__ = ["ExecutorConfig", "LocalExecutor", "execute", "plan_workers"]

@@ -21,11 +21,11 @@ SLURM_KEYS = {"partition", "gpus_per_node", "timeout_min", "cpus_per_task", "mem
               "account", "qos", "max_jobs"}  # fmt: skip
 
 
-def train_job(config_path: str, threads: int) -> int:
-    """What a Slurm job runs: `moescale train CONFIG --threads N` in this process."""
+def cli_job(argv: list[str]) -> int:
+    """What a Slurm job runs: `moescale ARGV` (train, or eval) in this process."""
     from moescale.cli import main
 
-    return main(["train", config_path, "--threads", str(threads)])
+    return main(argv)
 
 
 class SubmititExecutor:
@@ -57,14 +57,14 @@ class SubmititExecutor:
 
     def start(self, task: Task, slot: int) -> None:
         task.run_dir.mkdir(parents=True, exist_ok=True)
-        job = self.ex.submit(train_job, str(task.config_path), self.threads)
-        self.procs[task.run.name] = (job, slot)
+        job = self.ex.submit(cli_job, task.argv(self.threads))
+        self.procs[task.name] = (job, slot)
 
     def poll(self, task: Task) -> int | None:
-        job, _ = self.procs[task.run.name]
+        job, _ = self.procs[task.name]
         if not job.done():
             return None
-        del self.procs[task.run.name]
+        del self.procs[task.name]
         try:
             return int(job.result())
         except Exception:  # the job crashed, was cancelled or timed out: submitit says why

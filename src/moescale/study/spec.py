@@ -40,7 +40,7 @@ from moescale.fmt import human
 from moescale.run import RUN_INDEPENDENT, flatten
 
 STUDY_KEYS = ("name", "out_dir", "base", "ladder", "architectures", "tokens", "branches",
-              "hyper", "seeds", "runs", "executor", "report")  # fmt: skip
+              "hyper", "seeds", "runs", "executor", "report", "eval")  # fmt: skip
 NOT_IN_NAME = RUN_INDEPENDENT | {"train.init_from", "train.branch_tokens", "train.out_dir"}
 
 
@@ -97,6 +97,16 @@ class Study:
     runs: list[Run]
     executor: dict[str, Any]
     report: dict[str, Any]
+    eval: dict[str, Any] = field(default_factory=dict)  # {tasks: [...], limit: N}
+
+    def eval_tasks(self) -> tuple[str, ...]:
+        """lm-eval tasks every ladder run is evaluated on after training (none by default)."""
+        tasks = self.eval.get("tasks", [])
+        if isinstance(tasks, str):
+            tasks = [tasks]
+        if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+            raise _err("eval.tasks", f"expected a list of lm-eval task names, got {tasks!r}")
+        return tuple(tasks)
 
     def by_name(self) -> dict[str, Run]:
         return {r.name: r for r in self.runs}
@@ -263,9 +273,15 @@ def expand(
         seen.setdefault(r.name, r)
     executor = data.get("executor", {}) or {}
     report = data.get("report", {}) or {}
-    if not isinstance(executor, Mapping) or not isinstance(report, Mapping):
-        raise _err("executor/report", "expected mappings")
-    return Study(name, out_dir, list(seen.values()), dict(executor), dict(report))
+    evaluation = data.get("eval", {}) or {}
+    if not all(isinstance(m, Mapping) for m in (executor, report, evaluation)):
+        raise _err("executor/report/eval", "expected mappings")
+    if unknown := set(evaluation) - {"tasks", "limit"}:
+        raise _err("eval", f"unknown keys {sorted(unknown)}; accepted: tasks, limit")
+    study = Study(name, out_dir, list(seen.values()), dict(executor), dict(report),
+                  dict(evaluation))  # fmt: skip
+    study.eval_tasks()  # validated now, not after the training
+    return study
 
 
 def explicit_runs(items: Any, base: Mapping[str, Any], out_dir: Path) -> list[Run]:

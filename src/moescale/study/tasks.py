@@ -33,6 +33,20 @@ class Task:
     reason: str = ""
     started: float = 0.0
     already_done: bool = False  # done before this study call began (skipped, not retrained)
+    eval_tasks: tuple[str, ...] = ()  # an evaluation of the run (lm-eval tasks), not its training
+    eval_limit: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"eval {self.run.name}" if self.eval_tasks else self.run.name
+
+    def argv(self, threads: int) -> list[str]:
+        """The `moescale` command line this task runs."""
+        if not self.eval_tasks:
+            return ["train", str(self.config_path), "--threads", str(threads)]
+        limit = ["--limit", str(self.eval_limit)] if self.eval_limit else []
+        return ["eval", str(self.run_dir), "--tasks", ",".join(self.eval_tasks), *limit,
+                "--threads", str(threads)]  # fmt: skip
 
     @property
     def run_dir(self) -> Path:
@@ -44,18 +58,37 @@ class Task:
         return Path(src) if src else None
 
 
-def is_done(task: Task) -> bool:
+def trained(run_dir: Path) -> int | None:
+    """The final step of a finished run, None when it is not finished."""
     try:
-        s = read_summary_or_none(task.run_dir)
+        s = read_summary_or_none(run_dir)
+    except RunDirError:
+        return None
+    return s.steps if s is not None and s.status == "done" else None
+
+
+def is_done(task: Task) -> bool:
+    step = trained(task.run_dir)
+    if step is None or not task.eval_tasks:
+        return step is not None
+    from moescale.eval.results import read_eval  # torch-free
+
+    try:
+        done = {(e.get("task"), e.get("step")) for e in read_eval(task.run_dir).values()}
     except RunDirError:
         return False
-    return s is not None and s.status == "done"
+    return all((t, step) in done for t in task.eval_tasks)
 
 
 def ready(task: Task, by_name: dict[str, Task]) -> bool | None:
     """True: may start; False: not yet; None: never (its trunk failed without the checkpoint)."""
     if task.state != PENDING:
         return False
+    if task.eval_tasks:  # evaluates the run once it is trained; never, if its training failed
+        train = by_name.get(task.run.name)
+        if train is not None and train.state in (FAILED, SKIPPED):
+            return None
+        return trained(task.run_dir) is not None
     src = task.waits_for
     if src is None or src.exists() or is_done(task):
         return True
@@ -67,7 +100,8 @@ def ready(task: Task, by_name: dict[str, Task]) -> bool | None:
 
 def order(tasks: list[Task]) -> list[Task]:
     """Longest first (trunks before their branches): fewer workers idle at the end."""
-    return sorted(tasks, key=lambda t: (bool(t.run.trunk), -t.est_s, t.run.name))
+    return sorted(tasks, key=lambda t: (bool(t.eval_tasks), bool(t.run.trunk), -t.est_s,
+                                        t.run.name))
 
 
 class Progress:
