@@ -123,3 +123,16 @@ def test_explicit_runs(tmp_path: Path):
 def test_bad_specs_name_the_key(tmp_path: Path, extra, match):
     with pytest.raises(ConfigError, match=match):
         expand(spec(**extra), "s", base_dir=tmp_path)
+
+
+def test_ladder_by_target_size_picks_the_nearest_depth(tmp_path: Path):
+    data = spec(ladder={"params": [2e4, 2e5, 1.5e6], "d_model_per_layer": 32, "head_dim": 16})
+    study = expand(data, "s", base_dir=tmp_path)
+    got = {}
+    for r in study.runs:
+        if r.arch == "dense":
+            got[r.size] = count(config_from_dict(copy.deepcopy(r.config)).model).params_active
+    for target, n in zip([2e4, 2e5, 1.5e6], sorted(got.values()), strict=True):
+        assert 0.5 < n / target < 2.0  # the nearest depth under d_model = 32 x n_layers
+    with pytest.raises(ConfigError, match="not both"):
+        expand(spec(ladder={"params": [1e5], "n_layers": [2]}), "s", base_dir=tmp_path)

@@ -2,7 +2,7 @@
 
     name: quickstart
     base: {model: {...}, train: {...}, data: {...}}      # or a path to a config YAML
-    ladder: {n_layers: [2, 3, 4], d_model_per_layer: 64}  # shape rule; or shapes: [...]
+    ladder: {n_layers: [2, 3, 4], d_model_per_layer: 64}  # shape rule; params: [targets]; shapes
     architectures:
       - dense
       - {name: moe, experts: 8, top_k: 1, router: softmax_before_topk}
@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,22 +170,39 @@ def ladder_shapes(ladder: Any, base_model: Mapping[str, Any]) -> list[dict[str, 
         if not isinstance(shapes, list) or not all(isinstance(s, Mapping) for s in shapes):
             raise _err("ladder.shapes", "expected a list of mappings of model keys")
         return [dict(s) for s in shapes]
-    allowed = {"n_layers", "d_model_per_layer", "ffn_ratio", "head_dim"}
+    allowed = {"n_layers", "params", "d_model_per_layer", "ffn_ratio", "head_dim"}
     if unknown := set(ladder) - allowed:
         raise _err("ladder", f"unknown keys {sorted(unknown)}; accepted: {sorted(allowed)} or "
                    "shapes")  # fmt: skip
-    layers = _list(ladder.get("n_layers"), "ladder.n_layers", int)
+    if ("n_layers" in ladder) == ("params" in ladder):
+        raise _err("ladder", "give n_layers: [...] or params: [...] (target sizes), not both")
     per_layer = int(ladder.get("d_model_per_layer", 64))
     ratio = float(ladder.get("ffn_ratio", 4))
     head = int(ladder.get("head_dim", 32))
-    shapes = []
-    for n in sorted(layers):
+
+    def shape(n: int) -> dict[str, Any]:
         d = per_layer * n
         if d % head:
             raise _err("ladder.head_dim", f"{head} does not divide d_model {d} (n_layers {n})")
-        shapes.append({"n_layers": n, "d_model": d, "d_ff": int(round(ratio * d)),
-                       "n_heads": d // head})  # fmt: skip
-    return shapes
+        return {"n_layers": n, "d_model": d, "d_ff": int(round(ratio * d)), "n_heads": d // head}
+
+    if "params" in ladder:
+        targets = _list(ladder["params"], "ladder.params")
+        layers = sorted({layers_for(t, shape, base_model) for t in targets})
+    else:
+        layers = sorted(_list(ladder.get("n_layers"), "ladder.n_layers", int))
+    return [shape(n) for n in layers]
+
+
+def layers_for(target: float, shape: Any, base_model: Mapping[str, Any]) -> int:
+    """The depth whose dense shape under the rule has the non-embedding parameter count
+    nearest `target` (in log): a ladder by target size."""
+    def params(n: int) -> float:
+        model = {**dict(base_model), **shape(n), "moe": None}
+        return count(config_from_dict({"model": model}).model).params_active
+
+    best = min(range(1, 129), key=lambda n: abs(math.log(params(n) / target)))
+    return best
 
 
 def run_name(prefix: str, config: Mapping[str, Any]) -> str:
