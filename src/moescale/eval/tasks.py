@@ -2,9 +2,10 @@
 an offline MMLU.
 
 `run_tasks` runs lm-eval tasks (by name: lm-eval's own, those of `--tasks-dir` directories of
-task YAMLs, `moescale_cloze` or `mmlu`) through `lm_eval.simple_evaluate` with the "moescale"
-model and returns one record per task for eval.json. lm-eval's own tasks fetch their data sets
-from the Hugging Face Hub (nothing of moescale does); task YAMLs over local files need no network.
+task YAMLs, `moescale_cloze`, `mmlu` or `bigbench:TASK`) through `lm_eval.simple_evaluate` with
+the "moescale" model and returns one record per task for eval.json. lm-eval's own tasks fetch
+their data sets from the Hugging Face Hub (nothing of moescale does unasked); task YAMLs over
+local files need no network.
 
 `moescale_cloze` is LAMBADA's last-word prediction (Paperno et al. 2016) on the corpus the run
 trained on: from each paragraph of the held-out documents (at least `MIN_WORDS` words, ending in
@@ -25,6 +26,9 @@ size). The file holds the test split alone, so `--num-fewshot K` draws its examp
 other test questions of any subject (not MMLU's dev split): only 0-shot, the default, is
 comparable to published numbers. Rows whose answer is not A-D (two stray CSV headers) are left
 out. The task is written on demand into `<cache>/eval_tasks/mmlu-v1-<file hash>/`, and reused.
+
+`bigbench:TASK` is one of BIG-bench's JSON multiple-choice tasks, read from a local copy of
+the `bigbench` sdist (moescale.eval.bigbench), run as the lm-eval task `bigbench_TASK`.
 """
 
 from __future__ import annotations
@@ -212,9 +216,30 @@ def _task_manager(tasks: list[str], include: list[Path]) -> Any:
     if unknown:
         raise UserError(
             f"unknown lm-eval task(s): {', '.join(unknown)}. Give lm-eval task names "
-            f"(`lm_eval ls tasks`), {CLOZE}, {MMLU}, or a --tasks-dir holding their YAML files."
+            f"(`lm_eval ls tasks`), {CLOZE}, {MMLU}, bigbench:TASK, or a --tasks-dir holding "
+            "their YAML files."
         )
     return tm
+
+
+def _add_bigbench(
+    names: list[str],
+    include: list[Path],
+    cache_dir: str | Path | None,
+    source: str | Path | None,
+    fetch: bool,
+) -> list[str]:
+    """`names` with each bigbench:TASK built (into `include`) and renamed to its lm-eval name."""
+    from moescale.eval import bigbench as bb
+
+    wanted = [n.removeprefix(bb.PREFIX) for n in names if n.startswith(bb.PREFIX)]
+    if not wanted:
+        return names
+    sdist = bb.locate_sdist(source, fetch, cache_dir)
+    for task in dict.fromkeys(wanted):
+        include.append(bb.build_bigbench_task(task, sdist, cache_dir))
+    return [bb.lm_eval_name(n.removeprefix(bb.PREFIX)) if n.startswith(bb.PREFIX) else n
+            for n in names]  # fmt: skip
 
 
 def run_tasks(
@@ -225,9 +250,13 @@ def run_tasks(
     limit: float | None = None,
     batch_size: int = 16,
     bootstrap_iters: int = 1000,
+    bigbench: str | Path | None = None,
+    fetch_bigbench: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Run lm-eval `tasks` (all tasks of `tasks_dirs` when none are named) on `run`; returns
-    eval.json entries, key -> record, with every metric lm-eval reported."""
+    eval.json entries, key -> record, with every metric lm-eval reported. `bigbench:TASK`
+    names read the `bigbench` sdist at `bigbench` (see moescale.eval.bigbench), downloaded
+    only when `fetch_bigbench`."""
     import lm_eval
 
     from moescale.eval.harness import MoescaleLM
@@ -241,6 +270,7 @@ def run_tasks(
         include.append(build_cloze_task(run.config))
     if MMLU in names:  # ours, offline: include paths override lm-eval's own (Hub) mmlu group
         include.append(build_mmlu_task(run.config.data.cache_dir))
+    names = _add_bigbench(names, include, run.config.data.cache_dir, bigbench, fetch_bigbench)
     if not names:
         from lm_eval.tasks import TaskManager
 
