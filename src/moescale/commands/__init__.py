@@ -11,9 +11,12 @@ config key. Progress goes to the `logging` module (see `moescale.console`), resu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +73,18 @@ def emit_json(obj: Any, out: str) -> None:
     except OSError as exc:
         raise UserError(f"cannot write --json {path}: {exc}") from exc
     print(f"wrote {path}")
+
+
+@contextlib.contextmanager
+def logs_to_stderr(active: bool) -> Iterator[None]:
+    """With --json to stdout, console log lines go to stderr: stdout holds the JSON alone."""
+    moved = []
+    for h in logging.getLogger("moescale").handlers if active else []:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            moved.append((h, h.setStream(sys.stderr)))
+    try:
+        yield
+    finally:
+        for h, old in moved:
+            if old is not None:
+                h.setStream(old)

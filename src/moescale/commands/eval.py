@@ -26,14 +26,11 @@ the newest checkpoint is used unless --step says otherwise.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
-import sys
-from collections.abc import Iterator
 from typing import Any
 
-from moescale.commands import STDOUT, add_json_flag, emit_json
+from moescale.commands import STDOUT, add_json_flag, emit_json, logs_to_stderr
 from moescale.errors import UserError
 from moescale.fmt import count, sig
 
@@ -107,21 +104,6 @@ def _limit(text: str) -> float | int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text}: must be above 0")
     return int(value) if value >= 1 and value == int(value) else value
-
-
-@contextlib.contextmanager
-def logs_to_stderr(active: bool) -> Iterator[None]:
-    """With --json to stdout, console log lines go to stderr: stdout holds the JSON alone."""
-    moved = []
-    for h in logging.getLogger("moescale").handlers if active else []:
-        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-            moved.append((h, h.setStream(sys.stderr)))
-    try:
-        yield
-    finally:
-        for h, old in moved:
-            if old is not None:
-                h.setStream(old)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,13 +23,10 @@ JSON; --strict then exits with status 3 (after writing the JSON).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import sys
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from moescale.commands import STDOUT, add_json_flag, emit_json
+from moescale.commands import STDOUT, add_json_flag, emit_json, logs_to_stderr
 from moescale.errors import UserError
 from moescale.fmt import plural, sig
 from moescale.laws.forms import BUILTIN, EXTRA_INPUTS
@@ -162,21 +159,6 @@ def _budgets(text: str | None) -> list[float] | None:
         ) from None
 
 
-@contextlib.contextmanager
-def _logs_to_stderr(active: bool) -> Iterator[None]:
-    """With --json to stdout, console log lines go to stderr: stdout holds the JSON alone."""
-    moved = []
-    for h in logging.getLogger("moescale").handlers if active else []:
-        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-            moved.append((h, h.setStream(sys.stderr)))
-    try:
-        yield
-    finally:
-        for h, old in moved:
-            if old is not None:
-                h.setStream(old)
-
-
 def run(args: argparse.Namespace) -> int:
     from moescale.laws.result import FitResult
     from moescale.laws.table import TableOptions
@@ -189,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         group_by=tuple(g.strip() for g in (args.group_by or "").split(",") if g.strip()),
         n_from_flops=args.n_from_flops,
     )
-    with _logs_to_stderr(args.json_out == STDOUT):
+    with logs_to_stderr(args.json_out == STDOUT):
         res = _fit(args, options)
     if args.json_out != STDOUT:
         if isinstance(res, FitResult):

@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moescale.commands.eval import logs_to_stderr
+    from moescale.commands import logs_to_stderr
     from moescale.eval import Sampling, generate, load_run
     from moescale.train.device import set_threads
 
