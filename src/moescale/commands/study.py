@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     outcome = run_study(args.spec, args.overrides, dry_run=args.dry_run, workers=args.workers,
                         retries=args.retries, report=args.report)  # fmt: skip
     if args.dry_run:
+        print(outcome.plan_table)
         return 0
     c = outcome.collected
     if c is not None:

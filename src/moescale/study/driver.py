@@ -47,6 +47,7 @@ class StudyOutcome:
     tasks: list[Task]
     collected: Collected | None = None
     report: Path | None = None
+    plan_table: str = ""  # --dry-run: the runs, their FLOPs and estimated times
 
     @property
     def failed(self) -> list[Task]:
@@ -209,8 +210,7 @@ def run_study(
     spec_text = Path(path).read_text()
     if dry_run:
         estimates = calibrate(study.runs, threads, study.out_dir / "calibration.json")
-        print(dry_run_table(study, estimates, n_workers))
-        return StudyOutcome(study, [])
+        return StudyOutcome(study, [], plan_table=dry_run_table(study, estimates, n_workers))
     tasks = write_plan(study, spec_text)
     prepare_study_data(study)
     estimates = calibrate(study.runs, threads, study.out_dir / "calibration.json")
