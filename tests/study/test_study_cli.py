@@ -138,3 +138,13 @@ def test_study_evaluates_ladder_runs_downstream(tmp_path: Path, corpus_dir: Path
     html = (tmp_path / "study" / "report.html").read_text()
     assert 'id="fig-accuracy"' in html and "Downstream accuracy against compute" in html
     assert (tmp_path / "study" / "figures" / "accuracy.png").exists()  # drawn, not skipped
+
+
+def test_dry_run_lists_runs_and_estimates_without_training(tmp_path: Path, corpus_dir: Path,
+                                                           capsys):  # fmt: skip
+    spec = write_study(tmp_path, corpus_dir)
+    assert main(["study", str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "8 runs (4 WSD branches)" in out and "saved" in out and "estimated wall time" in out
+    assert len([line for line in out.splitlines() if line.startswith(("dense-", "fg-"))]) == 8
+    assert not (tmp_path / "study" / "runs").exists()  # nothing trained
