@@ -174,6 +174,20 @@ def forward_scale(cfg: MoEConfig) -> float:
     return float(cfg.routed_experts)
 
 
+def route_tokens(
+    x_TD: torch.Tensor, layer: nn.Module, prior_counts_X: torch.Tensor | None = None
+) -> tuple[Routing, torch.Tensor]:
+    """A layer's routing of its tokens (router logits in float32 under autocast, the balancing
+    bias when enabled) and the weights the experts' outputs are combined with (times the
+    layer's `out_scale`). Shared by MoEFFN and its expert-parallel twin (model/parallel.py)."""
+    with torch.autocast(x_TD.device.type, enabled=False):
+        logits_TX = F.linear(x_TD.float(), layer.router.weight.float())
+    bias = layer.expert_bias_X if layer.cfg.bias_update_rate > 0 else None
+    r = route(logits_TX, layer.cfg, bias, prior_counts_X)
+    weight_TK = r.weight_TK * layer.out_scale if layer.out_scale != 1.0 else r.weight_TK
+    return r, weight_TK
+
+
 class MoEFFN(nn.Module):
     """E*G routed SwiGLU experts of hidden d_ff/G in packed 3-D weights, plus shared experts."""
 
@@ -225,11 +239,7 @@ class MoEFFN(nn.Module):
         self, x_BSD: torch.Tensor, prior_counts_X: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, MoEStats]:
         x_TD = x_BSD.reshape(-1, x_BSD.shape[-1])
-        with torch.autocast(x_TD.device.type, enabled=False):  # router logits in float32
-            logits_TX = F.linear(x_TD.float(), self.router.weight.float())
-        bias = self.expert_bias_X if self.cfg.bias_update_rate > 0 else None
-        r = route(logits_TX, self.cfg, bias, prior_counts_X)
-        weight_TK = r.weight_TK * self.out_scale if self.out_scale != 1.0 else r.weight_TK
+        r, weight_TK = route_tokens(x_TD, self, prior_counts_X)
         y_TD = experts.expert_forward(
             x_TD,
             r.expert_idx_TK,

@@ -40,10 +40,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
 from moescale.model import experts
-from moescale.model.moe import MoEFFN, MoEStats, load_imbalance, route
+from moescale.model.moe import MoEFFN, MoEStats, load_imbalance, route_tokens
 
 
 @dataclass
@@ -223,11 +222,7 @@ class ExpertParallelMoE(nn.Module):
         self, x_BSD: torch.Tensor, prior_counts_X: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, ExpertParallelMoEStats]:
         x_TD = x_BSD.reshape(-1, x_BSD.shape[-1])
-        with torch.autocast(x_TD.device.type, enabled=False):  # router logits in float32
-            logits_TX = F.linear(x_TD.float(), self.router.weight.float())
-        bias = self.expert_bias_X if self.cfg.bias_update_rate > 0 else None
-        r = route(logits_TX, self.cfg, bias, prior_counts_X)
-        weight_TK = r.weight_TK * self.out_scale if self.out_scale != 1.0 else r.weight_TK
+        r, weight_TK = route_tokens(x_TD, self, prior_counts_X)
         y_TD, par = expert_parallel_forward(
             x_TD,
             r.expert_idx_TK,
