@@ -1,5 +1,7 @@
 """Config loading: every bad value is an error that names the key and what it accepts."""
 
+import re
+
 import pytest
 
 from moescale.config import Config, config_from_dict, dump_config, load_config
@@ -165,3 +167,37 @@ def test_branch_keys_load_from_yaml(tmp_path):
     again = tmp_path / "again.yaml"
     again.write_text(dump_config(cfg))
     assert load_config(again) == cfg
+
+
+MOE8 = {"moe": {"experts": 4, "granularity": 2}}  # 8 experts per layer
+
+
+@pytest.mark.parametrize(
+    ("model", "train", "parallel", "message"),
+    [
+        ({}, {}, {"expert": 2}, "parallel.expert: 2 needs an MoE model"),
+        (MOE8, {}, {"expert": 3}, "do not split the 8 experts (E*G) of each layer evenly"),
+        (MOE8, {}, {"expert": 0}, "parallel.expert: got 0, must be positive"),
+        (MOE8, {}, {"expert": 2, "fsdp": True}, "parallel.fsdp: not supported together"),
+        (MOE8, {"noise_scale": True}, {"expert": 2}, "train.noise_scale: not available"),
+        ({}, {"noise_scale": True}, {"fsdp": True}, "parallel.fsdp: the noise scale needs"),
+    ],
+)
+def test_parallel_keys_are_checked(model, train, parallel, message):
+    data = {"model": model, "train": {"micro_batch_size": 8, **train}, "parallel": parallel}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_from_dict(data)
+
+
+def test_the_global_batch_must_split_over_the_ranks():
+    from moescale.train.distributed import World, check_split
+
+    cfg = config_from_dict({"model": MOE8, "train": {"batch_size": 12, "micro_batch_size": 2},
+                            "parallel": {"expert": 2}})  # fmt: skip
+    assert check_split(cfg, World(0, 2, 0, 2)) == 3  # 6 sequences per rank, 3 micro-batches
+    with pytest.raises(ConfigError, match="train.batch_size: 12 sequences do not split into 4"):
+        check_split(cfg, World(0, 4, 0, 4))
+    with pytest.raises(ConfigError, match="parallel.expert: 2 does not divide the 3 ranks"):
+        check_split(cfg, World(0, 3, 0, 3))
+    cfg.train.micro_batch_size = None  # default: one micro-batch per rank
+    assert check_split(cfg, World(1, 4, 1, 4)) == 1

@@ -153,10 +153,21 @@ class DataConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How the ranks that torchrun starts share the work (docs/distributed.md); a run without
+    torchrun is one rank and ignores this section. Not part of a run's identity: a run may
+    resume on a different number of ranks or a different split."""
+
+    fsdp: bool = False  # shard parameters, gradients and optimizer state (FSDP2) instead of DDP
+    expert: int = 1  # P: split each MoE layer's E*G experts over groups of P ranks
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -366,6 +377,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "MoEConfig",
+    "ParallelConfig",
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",

@@ -42,8 +42,10 @@ from moescale.atomic import atomic_write_json
 from moescale.errors import UserError
 
 STATUSES = ("running", "done", "failed", "interrupted")
-# keys that do not define the run: where it lives, its threads, which checkpoints it keeps
-RUN_INDEPENDENT = frozenset({"train.out_dir", "train.threads", "train.branch_tokens"})
+# keys that do not define the run: where it lives, its threads, the checkpoints it keeps, how
+# its ranks share the work (a run may resume on another number of ranks)
+RUN_INDEPENDENT = frozenset({"train.out_dir", "train.threads", "train.branch_tokens",
+                             "parallel.fsdp", "parallel.expert"})  # fmt: skip
 
 
 class Col:
@@ -86,6 +88,7 @@ class Metric:
     Z_LOSS = "z_loss"
     LOAD_IMBALANCE = "load_imbalance"
     DROPPED_FRAC = "dropped_frac"
+    RANK_IMBALANCE = "rank_imbalance"  # expert parallelism: max/mean rows per rank (1: even)
     NOISE_SCALE = "noise_scale"  # B_simple over the last train.noise_scale_window steps
     NOISE_SCALE_LOSS = "noise_scale_loss"  # mean training loss over that window
     VAL_LOSS = "val_loss"  # mean next-token loss (nats) over the validation sample
@@ -182,6 +185,7 @@ class RunSummary:
     threads: int = 0  # intra-op threads the run used (CPU)
     peak_flops: float = 0.0  # the denominator of MFU
     peak_source: str = ""  # where peak_flops comes from (datasheet, quiet measurement, ...)
+    ranks: int = 1  # processes that trained it last (torchrun's world size); MFU is per device
     failed_step: int | None = None  # the step at which a failed run stopped
     reason: str | None = None  # why it failed
     last_checkpoint: int | None = None

@@ -229,10 +229,37 @@ def check_config(
         _check_train(cfg.train, err)
     if "data" not in skip:
         _check_data(cfg.data, err)
+    if "parallel" not in skip and not ({"model", "train"} & set(skip)):
+        _check_parallel(cfg, err)
     if not ({"model", "train"} & set(skip)) and not any(
         key.startswith(("model.", "train.")) for key, _ in err.items
     ):
         _check_branch_steps(cfg, err)
+
+
+def _check_parallel(cfg: Config, err: ConfigErrors) -> None:
+    """The split must fit the model; the world size is checked when the ranks start."""
+    par, moe = cfg.parallel, cfg.model.moe
+    if not err.positive("parallel.expert", par.expert) or par.expert == 1:
+        if par.fsdp and cfg.train.noise_scale:
+            err.add("parallel.fsdp", "parallel.fsdp: the noise scale needs each rank's own "
+                    "gradient, which FSDP never holds; use DDP (parallel.fsdp: false) or set "
+                    "train.noise_scale: false.")  # fmt: skip
+        return
+    if moe is None:
+        err.add("parallel.expert", f"parallel.expert: {par.expert} needs an MoE model "
+                "(model.moe); a dense model has no experts to split. Set it to 1.")  # fmt: skip
+    elif (moe.experts * moe.granularity) % par.expert:
+        n = moe.experts * moe.granularity
+        err.add("parallel.expert", f"parallel.expert: {par.expert} ranks do not split the "
+                f"{n} experts (E*G) of each layer evenly; choose a divisor of {n}.")  # fmt: skip
+    if par.fsdp:
+        err.add("parallel.fsdp", "parallel.fsdp: not supported together with expert "
+                "parallelism (parallel.expert > 1) yet; choose one.")  # fmt: skip
+    if cfg.train.noise_scale:
+        err.add("train.noise_scale", "train.noise_scale: not available with expert "
+                "parallelism: a rank's expert gradients hold other ranks' tokens; set "
+                "parallel.expert: 1 for noise-scale runs.")  # fmt: skip
 
 
 def _check_branch_steps(cfg: Config, err: ConfigErrors) -> None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -43,6 +44,9 @@ import torch.nn as nn
 
 from moescale.model import experts
 from moescale.model.moe import MoEFFN, MoEStats, load_imbalance, route_tokens
+
+if TYPE_CHECKING:
+    from moescale.model.transformer import Transformer
 
 
 @dataclass
@@ -205,12 +209,15 @@ class ExpertParallelMoE(nn.Module):
         self.cfg = layer.cfg
         self.n_experts = layer.w13_XDH.shape[0]
         self.out_scale = layer.out_scale
+        # registered in MoEFFN's order, so that both yield their parameters (hence an
+        # optimizer's param_groups and its state) in the same order
         self.router = copy.deepcopy(layer.router)
-        self.shared = copy.deepcopy(layer.shared)
         w13, w2 = shard_experts(layer, self.rank, self.world)
-        self.w13_LDH = nn.Parameter(w13)
-        self.w2_LFD = nn.Parameter(w2)
+        self.w13_LDH = nn.Parameter(w13, requires_grad=layer.w13_XDH.requires_grad)
+        self.w2_LFD = nn.Parameter(w2, requires_grad=layer.w2_XFD.requires_grad)
+        self.shared = copy.deepcopy(layer.shared)
         self.register_buffer("expert_bias_X", layer.expert_bias_X.detach().clone())
+        self.train(layer.training)
 
     @property
     def local_experts(self) -> range:
@@ -247,3 +254,147 @@ class ExpertParallelMoE(nn.Module):
         `stats.tokens_per_expert`, routed slots before dropping, summed over the group with an
         all_reduce) so that every rank's replica of the bias stays the same."""
         MoEFFN.update_bias(self, tokens_per_expert_X)  # type: ignore[arg-type]
+
+
+# Whole models and their checkpoints. A checkpoint always holds the canonical, single-process
+# form (`w13_XDH` / `w2_XFD`, all X experts), so that runs of any world size (and evaluation,
+# and decay branches) read each other's checkpoints; the expert-parallel form exists only in
+# memory.
+
+_SHARDED = (("w13_LDH", "w13_XDH"), ("w2_LFD", "w2_XFD"))  # (local name, canonical name)
+
+
+def shard_model(model: Transformer, group=None) -> list[str]:
+    """Make every MoE layer of a `Transformer` expert-parallel over `group`, in place, before
+    any wrapper (DDP, compile) or optimizer sees the model. Returns the names of the sharded
+    parameters: they differ between ranks, so DDP must neither broadcast nor average them
+    (`DistributedDataParallel._set_params_and_buffers_to_ignore_for_model`)."""
+    for block in model.blocks:
+        if isinstance(block.ffn, MoEFFN):
+            block.ffn = ExpertParallelMoE(block.ffn, group)
+    return [local for local, _, _ in _sharded_params(model)]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module whose names `get_state_dict` uses: it drops DDP's and compile's wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _sharded_params(model: nn.Module) -> list[tuple[str, str, ExpertParallelMoE]]:
+    """(local name, canonical name, layer) of every sharded parameter, in module order (the
+    same on every rank, which the collectives below rely on)."""
+    out = []
+    for prefix, layer in _unwrap(model).named_modules():
+        if isinstance(layer, ExpertParallelMoE):
+            for local, canonical in _SHARDED:
+                p = f"{prefix}." if prefix else ""
+                out.append((p + local, p + canonical, layer))
+    return out
+
+
+def _comm_device(group, device: torch.device) -> torch.device:
+    """Where `group`'s backend can exchange a tensor that lives on `device`."""
+    backend = str(dist.get_backend(group))
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu") if backend == "gloo" else device
+
+
+def _gather_experts(t_L: torch.Tensor, group, world: int) -> torch.Tensor:
+    """Every rank's block of experts, in rank order, on `t_L`'s device."""
+    src = t_L.detach().to(_comm_device(group, t_L.device)).contiguous()
+    parts = [torch.empty_like(src) for _ in range(world)]
+    dist.all_gather(parts, src, group=group)
+    return torch.cat(parts).to(t_L.device)
+
+
+def _convert_state(model_sd: dict, optim_sd: dict, pairs: list, convert) -> tuple[dict, dict]:
+    """Renames each pair's (old, new) parameter in both dicts and converts its value, and the
+    optimizer state tensors of the parameter's shape (moments; not `step`), with
+    `convert(old, tensor)`. New dicts, in the inputs' key order; conversions run in `pairs`
+    order, then sorted state keys, so that collective conversions match across ranks."""
+    names = dict(pairs)
+    converted = {old: convert(old, model_sd[old]) for old, _ in pairs}
+    model_out = {names.get(k, k): converted.get(k, v) for k, v in model_sd.items()}
+    state = optim_sd.get("state", {})
+    new_state = {}
+    for old, _ in pairs:
+        if old not in state:  # never stepped: no state to convert
+            continue
+        s, shape = state[old], model_sd[old].shape
+        done = {k: convert(old, s[k]) for k in sorted(s) if _is_moment(s[k], shape)}
+        new_state[old] = {k: done.get(k, v) for k, v in s.items()}
+    optim_out = {
+        **optim_sd,
+        "state": {names.get(k, k): new_state.get(k, v) for k, v in state.items()},
+        "param_groups": [
+            {**g, "params": [names.get(p, p) for p in g["params"]]}
+            for g in optim_sd.get("param_groups", [])
+        ],
+    }
+    return model_out, optim_out
+
+
+def _is_moment(v, shape: torch.Size) -> bool:
+    return isinstance(v, torch.Tensor) and v.shape == shape
+
+
+def _check_same_state_on_ranks(optim_sd: dict, pairs: list, model_sd: dict, group, world):
+    """Raises on every rank (instead of hanging in a gather some ranks skip) unless every rank
+    holds optimizer state for the same sharded parameters."""
+    state, sig = optim_sd.get("state", {}), []
+    for old, _ in pairs:  # per parameter: 0 without state, else 1 + its number of moments
+        moments = [v for v in state.get(old, {}).values() if _is_moment(v, model_sd[old].shape)]
+        sig.append(1 + len(moments) if old in state else 0)
+    device = next(iter(model_sd.values())).device if model_sd else torch.device("cpu")
+    mine = torch.tensor(sig, dtype=torch.int64, device=_comm_device(group, device))
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine, group=group)
+    if not all(torch.equal(p, mine) for p in parts):
+        got = [p.tolist() for p in parts]
+        raise RuntimeError(f"ranks hold different optimizer state for sharded experts: {got}")
+
+
+def to_canonical_state(
+    model: nn.Module, model_sd: dict, optim_sd: dict, group=None
+) -> tuple[dict, dict]:
+    """An expert-parallel model's full state dicts (`get_state_dict(..., full_state_dict=True)`
+    on every rank) in the single-process form: each layer's expert blocks, and their optimizer
+    moments, gathered over `group` in rank order. Collective: every rank of the group calls it.
+    Without a process group, or with one rank, the parameters are only renamed."""
+    pairs = [(local, canonical) for local, canonical, _ in _sharded_params(model)]
+    _, world = _group_rank_world(group)
+    if world == 1:
+        return _convert_state(model_sd, optim_sd, pairs, lambda old, t: t)
+    if pairs:
+        _check_same_state_on_ranks(optim_sd, pairs, model_sd, group, world)
+    return _convert_state(
+        model_sd, optim_sd, pairs, lambda old, t: _gather_experts(t, group, world)
+    )
+
+
+def to_local_state(model: nn.Module, model_sd: dict, optim_sd: dict) -> tuple[dict, dict]:
+    """The inverse of `to_canonical_state` for this rank (no collective): each layer's block of
+    the canonical experts, and of their optimizer moments, under the local names, ready for
+    `set_state_dict(..., full_state_dict=True)`. Copies: the inputs are left untouched, and the
+    loaded state shares no memory with them."""
+    pairs, blocks = [], {}
+    for local, canonical, layer in _sharded_params(model):
+        want = (layer.n_experts, *getattr(layer, local.rsplit(".", 1)[-1]).shape[1:])
+        if tuple(model_sd[canonical].shape) != want:
+            got = tuple(model_sd[canonical].shape)
+            raise ValueError(f"{canonical} has shape {got}; this model expects {want}")
+        pairs.append((canonical, local))
+        blocks[canonical] = layer.local_experts
+
+    def block(old, t):
+        r = blocks[old]
+        return t[r.start : r.stop].clone()
+
+    return _convert_state(model_sd, optim_sd, pairs, block)

@@ -71,7 +71,7 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, prior_counts=None) -> tuple[torch.Tensor, MoEStats | None]:
         x = x + self.attn(self.attn_norm(x), cos, sin)
-        if isinstance(self.ffn, MoEFFN):
+        if self.is_moe:  # an MoEFFN, or its expert-parallel twin (model/parallel.py)
             y, stats = self.ffn(self.ffn_norm(x), prior_counts)
             return x + y, stats
         return x + self.ffn(self.ffn_norm(x)), None
@@ -109,8 +109,9 @@ class Transformer(nn.Module):
                 nn.init.normal_(block.ffn.w3.weight, std=std)
                 nn.init.normal_(block.ffn.w2.weight, std=out_std)
 
-    def moe_layers(self) -> list[MoEFFN]:
-        return [b.ffn for b in self.blocks if isinstance(b.ffn, MoEFFN)]
+    def moe_layers(self) -> list[nn.Module]:
+        """MoEFFN layers, or their expert-parallel twins once sharded (`shard_model`)."""
+        return [b.ffn for b in self.blocks if b.is_moe]
 
     def forward(
         self, idx_BS: torch.Tensor, prior_loads: list[torch.Tensor] | None = None

@@ -5,6 +5,12 @@
 config), so it loads with `torch.load(weights_only=True)`: opening a checkpoint never runs code.
 The data position needs no field: batch s of a run is a pure function of (seed, s).
 
+The state is the full, unsharded one of the single-process model, whatever wrote it: the model's
+`state_dict()` and the optimizer's state keyed by parameter name (the form of
+`torch.distributed.checkpoint.state_dict.get_state_dict` with `full_state_dict=True`), so a
+checkpoint of a run on N ranks (DDP, FSDP or expert shards) resumes on M ranks, one included
+(moescale.train.distributed gathers it; format 2 keyed the optimizer state by index).
+
 Files are written atomically (`moescale.atomic`): a process killed mid-write leaves only a
 `.step_*.tmp-*` file, which nothing reads and the next save removes. Loading tries the newest
 first and skips, with a warning, any that fails to load, so a damaged file costs at most
@@ -31,7 +37,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 2  # 1: unpickled in full (numpy RNG arrays); 2: tensors and plain values only
+FORMAT = 3  # 1: unpickled in full; 2: weights_only; 3: optimizer state keyed by parameter name
+READS = (2, 3)
 CKPT_RE = re.compile(r"^step_(\d{8})\.pt$")
 
 
@@ -98,8 +105,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or "step" not in state or "model" not in state:
         raise ValueError("not a moescale checkpoint")
-    if state.get("format") != FORMAT:
-        raise ValueError(f"checkpoint format {state.get('format')}, this moescale reads {FORMAT}")
+    if state.get("format") not in READS:
+        raise ValueError(f"checkpoint format {state.get('format')}, this moescale reads {READS}")
     return state
 
 
@@ -113,6 +120,60 @@ def load_latest(directory: Path) -> tuple[int, dict[str, Any]] | None:
     return None
 
 
+def _expert_shards(model: torch.nn.Module) -> list[Any]:
+    """The model's expert-parallel layers (model/parallel.py); empty for a replicated model."""
+    from moescale.model.parallel import ExpertParallelMoE
+
+    return [m for m in model.modules() if isinstance(m, ExpertParallelMoE)]
+
+
+def full_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model's and the optimizer's full state in the single-process form (module doc).
+    Collective under torchrun (FSDP and expert shards are gathered): every rank calls it; only
+    rank 0's result is complete (the others may be empty)."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    shards = _expert_shards(model)
+    distributed = dist.is_available() and dist.is_initialized()
+    options = StateDictOptions(full_state_dict=True, cpu_offload=distributed and not shards)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
+    if shards:
+        from moescale.model.parallel import to_canonical_state
+
+        model_sd, optim_sd = to_canonical_state(model, model_sd, optim_sd, shards[0].group)
+    return model_sd, optim_sd
+
+
+def load_full_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    model_sd: dict[str, Any],
+    optim_sd: dict[str, Any],
+) -> None:
+    """Inverse of `full_state`, on every rank, each from the whole state (sharding it to this
+    rank's part); a format-2 optimizer state (keyed by index) loads into a model whose
+    parameters are those of the single-process one (one rank or DDP)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    if any(isinstance(i, int) for g in optim_sd["param_groups"] for i in g["params"]):
+        if _expert_shards(model) or any(hasattr(p, "full_tensor") for p in model.parameters()):
+            raise ValueError("a format-2 checkpoint resumes on one rank or with DDP only")
+        model.load_state_dict(model_sd)
+        optimizer.load_state_dict(optim_sd)
+        return
+    if _expert_shards(model):
+        from moescale.model.parallel import to_local_state
+
+        model_sd, optim_sd = to_local_state(model, model_sd, optim_sd)
+    set_state_dict(
+        model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
+        options=StateDictOptions(full_state_dict=True),
+    )  # fmt: skip
+
+
 def capture(
     step: int,
     model: torch.nn.Module,
@@ -121,14 +182,16 @@ def capture(
     trainer: TrainerState,
     config: dict[str, Any],
 ) -> dict[str, Any]:
-    """Everything a resumed run needs to replay step+1... bit for bit."""
+    """Everything a resumed run needs to replay step+1... bit for bit. Collective under
+    torchrun (see `full_state`)."""
     from moescale.train.device import rng_state
 
+    model_sd, optim_sd = full_state(model, optimizer)
     return {
         "format": FORMAT,
         "step": step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": model_sd,
+        "optimizer": optim_sd,
         "rng": rng_state(device),
         "trainer": dataclasses.asdict(trainer),
         "config": config,
@@ -142,7 +205,6 @@ def restore(
     counters."""
     from moescale.train.device import set_rng_state
 
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    load_full_state(model, optimizer, state["model"], state["optimizer"])
     set_rng_state(state["rng"])
     return TrainerState(**state["trainer"])

@@ -128,9 +128,10 @@ def choose_threads(
     return ThreadChoice(free, reason)
 
 
-def set_threads(setting: int = 0) -> ThreadChoice:
-    """Apply `choose_threads` to torch (intra-op) and log the choice and why."""
-    choice = choose_threads(setting)
+def set_threads(setting: int = 0, workers: int | None = None) -> ThreadChoice:
+    """Apply `choose_threads` to torch (intra-op) and log the choice and why. `workers`: the
+    processes sharing this machine's cores (torchrun's local ranks); default from the study."""
+    choice = choose_threads(setting, workers if workers and workers > 1 else None)
     torch.set_num_threads(choice.threads)
     logger.info("threads: %d (%s)", choice.threads, choice.reason)
     return choice

@@ -90,6 +90,8 @@ def console_line(rec: dict[str, Any], total_steps: int, eta_s: float) -> str:
     ]
     if rec.get(m.LOAD_IMBALANCE) is not None:
         parts.append(f"imb {rec[m.LOAD_IMBALANCE]:.2f}")
+    if rec.get(m.RANK_IMBALANCE) is not None:
+        parts.append(f"rank imb {rec[m.RANK_IMBALANCE]:.2f}")
     if rec.get(m.NOISE_SCALE) is not None:
         parts.append(f"B_noise {human(rec[m.NOISE_SCALE])} tok")
     parts.append(f"ETA {duration(eta_s)}")

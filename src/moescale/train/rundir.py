@@ -17,8 +17,9 @@ from moescale.run import RunPaths, RunSummary, config_diff, read_summary_or_none
 from moescale.train.optim import total_steps
 
 
-def plan_steps(cfg: Config) -> tuple[int, int, int]:
-    """(steps, micro_batch_size, micro-batches per step); errors name the key to change."""
+def plan_steps(cfg: Config, ranks: int = 1) -> tuple[int, int, int]:
+    """(steps, micro_batch_size, micro-batches per step) on `ranks` data-parallel ranks
+    (moescale.train.distributed.check_split checks the split); errors name the key."""
     t, seq = cfg.train, cfg.model.seq_len
     per_step = t.batch_size * seq
     steps = total_steps(t, seq)
@@ -27,9 +28,9 @@ def plan_steps(cfg: Config) -> tuple[int, int, int]:
             f"train.tokens: {t.tokens} is less than one step of train.batch_size x model.seq_len "
             f"= {per_step} tokens; raise train.tokens or lower the batch size."
         )
-    micro = t.micro_batch_size or t.batch_size
-    n_micro = t.batch_size // micro
-    if t.noise_scale and n_micro < 2:
+    micro = t.micro_batch_size or t.batch_size // ranks
+    n_micro = t.batch_size // max(1, micro)
+    if t.noise_scale and n_micro < 2:  # with ranks, one rank's share is the small batch
         raise ConfigError(
             "train.noise_scale: the estimator needs at least 2 micro-batches per step; set "
             f"train.micro_batch_size to a divisor of train.batch_size = {t.batch_size} below it."

@@ -6,6 +6,12 @@ update from the whole step's expert loads. The optimised loss is the micro-batch
 lm + aux_loss_coef * aux + z_loss_coef * z (aux and z summed over MoE layers, so the
 coefficients are per layer, as in Switch and ST-MoE); the reported `loss` is the language-model
 cross-entropy alone, the number the scaling laws use.
+
+Under data parallelism (`sync`, moescale.train.distributed) each rank runs its own slice of the
+step's batch: gradients are exchanged on the last micro-batch only, expert loads are summed
+over the ranks after every micro-batch (so `balance_scope: step` and the router-bias update see
+the whole group's loads, as Megatron-Core's global balancing loss does), and the loss, hence
+the non-finite check, is the mean over the ranks: every rank takes the same branch.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from moescale.model import ModelOutput, lm_loss
 from moescale.model.moe import load_imbalance
 from moescale.run import Metric
 from moescale.train.device import Autocast
+from moescale.train.distributed import GradSync
 from moescale.train.noise_scale import NoiseScaleEstimator
 
 
@@ -51,6 +58,8 @@ class StepStats:
     dropped_sum: torch.Tensor
     loads: list[torch.Tensor] = field(default_factory=list)  # per MoE layer: slots per expert
     small_sq: torch.Tensor | None = None  # |g|^2 of the first micro-batch's gradient
+    rank_rows: list[torch.Tensor] = field(default_factory=list)  # per expert-parallel layer:
+    # rows each rank's experts received (this rank's group, summed over the micro-batches)
 
 
 @dataclass
@@ -70,6 +79,7 @@ class StepResult:
             Metric.Z_LOSS: float(st.z_sum) / n if self.moe else None,
             Metric.LOAD_IMBALANCE: mean_imbalance(st.loads) if st.loads else None,
             Metric.DROPPED_FRAC: float(st.dropped_sum) / n if self.moe else None,
+            Metric.RANK_IMBALANCE: mean_imbalance(st.rank_rows) if st.rank_rows else None,
         }
 
 
@@ -94,6 +104,7 @@ def forward_backward(
     y: torch.Tensor,
     opts: StepOptions,
     params: list[torch.Tensor] | None = None,
+    sync: GradSync | None = None,
 ) -> StepStats:
     """Accumulate the gradient of one optimizer step over `n_micro` consecutive slices of x.
 
@@ -103,32 +114,38 @@ def forward_backward(
     (Megatron-Core's global auxiliary loss under gradient accumulation); `micro_batch` uses
     each micro-batch's own loads, so the objective then depends on micro_batch_size. With
     `params`, also return the squared norm of the first micro-batch's gradient (the small-batch
-    estimate of the noise scale)."""
+    estimate of the noise scale). `sync`: data parallelism (module doc)."""
     n_micro, moe = opts.n_micro, opts.moe
+    sync = sync or GradSync()
     step_balance = moe is not None and moe.balance_scope == "step"
     micro = x.shape[0] // n_micro
     zero = torch.zeros((), device=x.device)
     st = StepStats(zero.clone(), zero.clone(), zero.clone(), zero.clone())
     for i in range(n_micro):
         xs, ys = x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro]
-        with opts.autocast():
-            out = forward(xs, st.loads) if step_balance and st.loads else forward(xs)
-        lm = lm_loss(out.logits, ys)
-        loss = lm
-        if moe is not None:
-            loss = loss + moe.aux_loss_coef * out.aux_loss + moe.z_loss_coef * out.z_loss
-        (loss / n_micro).backward()
+        with sync.micro(last=i == n_micro - 1):
+            with opts.autocast():
+                out = forward(xs, st.loads) if step_balance and st.loads else forward(xs)
+            lm = lm_loss(out.logits, ys)
+            loss = lm
+            if moe is not None:
+                loss = loss + moe.aux_loss_coef * out.aux_loss + moe.z_loss_coef * out.z_loss
+            (loss / n_micro).backward()
         if params is not None and i == 0:
             st.small_sq = grad_sq_norm(params) * n_micro**2
         st.lm_sum += lm.detach()
         if out.moe:
             st.aux_sum += out.aux_loss.detach()
             st.z_sum += out.z_loss.detach()
-            counts = [s.tokens_per_expert for s in out.moe]
+            counts = sync.sum([s.tokens_per_expert for s in out.moe])
             st.loads = (
                 counts if not st.loads else [a + b for a, b in zip(st.loads, counts, strict=True)]
             )
             st.dropped_sum += torch.stack([s.dropped_frac for s in out.moe]).mean()
+            rows = [s.parallel.rows_per_rank for s in out.moe if getattr(s, "parallel", None)]
+            if rows:
+                st.rank_rows = rows if not st.rank_rows else [
+                    a + b for a, b in zip(st.rank_rows, rows, strict=True)]  # fmt: skip
     return st
 
 
@@ -141,21 +158,28 @@ def train_step(
     *,
     forward: Callable[..., ModelOutput] | None = None,
     noise: NoiseScaleEstimator | None = None,
+    sync: GradSync | None = None,
 ) -> StepResult:
     """One optimizer step on batch (x, y); raises NonFiniteError (before the optimizer step)
     when the loss or the gradient norm is not finite. `forward` is the model's forward to use
-    (a torch.compile'd one; default `model`); `noise` receives this step's two gradient norms."""
+    (a torch.compile'd or data-parallel one; default `model`); `noise` receives this step's two
+    gradient norms; `sync`: this rank's part in data parallelism (moescale.train.distributed)."""
+    sync = sync or GradSync()
     params = [p for p in model.parameters() if p.requires_grad]
-    st = forward_backward(forward or model, x, y, opts, params if noise is not None else None)
-    loss = float(st.lm_sum) / opts.n_micro
+    small = noise is not None and sync.size == 1  # one rank: the first micro-batch is small
+    st = forward_backward(forward or model, x, y, opts, params if small else None, sync)
+    loss = float(sync.mean(st.lm_sum)) / opts.n_micro
     if not math.isfinite(loss):
         raise NonFiniteError(f"non-finite loss ({loss})")
+    sync.finish()
     max_norm = opts.grad_clip if opts.grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     if not math.isfinite(grad_norm):
         raise NonFiniteError(f"non-finite gradient norm ({grad_norm})")
-    if noise is not None and st.small_sq is not None:
-        noise.update(float(st.small_sq), grad_norm**2, loss)
+    small_sq = float(st.small_sq) if st.small_sq is not None else sync.local_grad_sq()
+    if noise is not None and small_sq is not None:
+        noise.update(small_sq, grad_norm**2, loss)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if st.loads:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +47,19 @@ from moescale.train.device import (
     resolve_device,
     seed_everything,
     set_threads,
+)
+from moescale.train.distributed import (
+    Silent,
+    World,
+    check_split,
+    load_latest_on_ranks,
+    local_slice,
+    on_main,
+    prepare_on_ranks,
+    process_group,
+    quiet_unless_main,
+    rank_device,
+    replicate,
 )
 from moescale.train.evaluate import evaluate
 from moescale.train.metrics import MetricsLog, TensorBoard, console_line
@@ -83,30 +97,45 @@ def train(cfg: Config, data: TokenData | None = None, force: bool = False) -> Ru
     A finished run is not retrained unless `force`; a different config in an existing run
     directory is a ConfigError; a non-finite loss returns a summary with status 'failed' and
     keeps the last good checkpoint. Log lines go to the "moescale" logger and to train.log.
-    Another process training the same directory is a UserError naming its pid."""
-    plan_steps(cfg)  # a config that cannot train fails before anything is touched
-    resolve_device(cfg.train.device)  # so does a device this machine does not have
+    Another process training the same directory is a UserError naming its pid. Under torchrun
+    every rank calls this; rank 0 alone owns the directory (moescale.train.distributed)."""
+    plan_steps(cfg, World.from_env().size)  # a config that cannot train fails at once
+    device = resolve_device(cfg.train.device)  # so does a device this machine does not have
     paths = RunPaths(Path(cfg.train.out_dir or "runs/run"))
-    with RunLock(paths.dir):
-        if force:
-            clear_run(paths)
-        previous = check_run_dir(paths, cfg)
+    with process_group(device) as world, quiet_unless_main(world), ExitStack() as held:
+        check_split(cfg, world)
+
+        def check() -> tuple[RunSummary | None, bool]:
+            held.enter_context(RunLock(paths.dir))
+            return _check_previous(cfg, paths, force)
+
+        previous, fresh = on_main(world, check)
         if previous is not None and previous.status == "done":
-            logger.info(
-                "train: %s is already trained (val_loss %s); results in %s and %s. Use --force "
-                "to train again.", paths.dir, previous.val_loss, paths.summary, paths.metrics,
-            )  # fmt: skip
             return previous
-        if previous is not None and previous.status == "failed":
-            logger.info(
-                "train: the previous attempt failed at step %s (%s); resuming from its last "
-                "checkpoint", previous.failed_step, previous.reason,
-            )  # fmt: skip
         init = None
-        if cfg.train.init_from and not checkpoint.list_checkpoints(paths.checkpoints):
+        if cfg.train.init_from and fresh:
             init = branch.load_init(cfg)  # refused before the data step and any log file
-        with log_to_file(paths.log):
-            return Trainer(cfg, paths, data, init).run()
+        with log_to_file(paths.log) if world.is_main else nullcontext():
+            return Trainer(cfg, paths, data, init, world).run()
+
+
+def _check_previous(cfg: Config, paths: RunPaths, force: bool) -> tuple[RunSummary | None, bool]:
+    """(the run already in the directory or None, whether it has no checkpoint), after
+    --force cleared it; logs what will happen."""
+    if force:
+        clear_run(paths)
+    previous = check_run_dir(paths, cfg)
+    if previous is not None and previous.status == "done":
+        logger.info(
+            "train: %s is already trained (val_loss %s); results in %s and %s. Use --force "
+            "to train again.", paths.dir, previous.val_loss, paths.summary, paths.metrics,
+        )  # fmt: skip
+    elif previous is not None and previous.status == "failed":
+        logger.info(
+            "train: the previous attempt failed at step %s (%s); resuming from its last "
+            "checkpoint", previous.failed_step, previous.reason,
+        )  # fmt: skip
+    return previous, not checkpoint.list_checkpoints(paths.checkpoints)
 
 
 class Clock:
@@ -141,59 +170,68 @@ class Trainer:
         paths: RunPaths,
         data: TokenData | None,
         init: tuple[int, dict[str, Any]] | None = None,
+        world: World | None = None,
     ) -> None:
-        """`init`: train.init_from's (step, state), when the caller has loaded it already."""
-        from moescale.data import BatchSampler, prepare_data, val_batches
+        """`init`: train.init_from's (step, state), when the caller has loaded it already;
+        `world`: this rank among the ranks of a torchrun launch (default: alone)."""
+        from moescale.data import BatchSampler, val_batches
 
         t, seq = cfg.train, cfg.model.seq_len
         self.cfg, self.paths, self.init = cfg, paths, init
-        self.steps, micro, n_micro = plan_steps(cfg)
-        self.device = resolve_device(t.device)  # before the (slow) data step
-        data = data if data is not None else prepare_data(cfg.data, cfg.model.vocab_size)
-        copy_tokenizer(paths, data)
+        self.world = world or World()
+        self.steps, micro, _ = plan_steps(cfg, self.world.size)
+        self.device = rank_device(resolve_device(t.device), self.world)  # before the data step
+        data = prepare_on_ranks(cfg, data, self.world)
+        if self.world.is_main:
+            copy_tokenizer(paths, data)
         self.sampler = BatchSampler(data.train_tokens, seq, seed=t.seed)
         self.val = val_batches(data.val_tokens, seq, t.eval_tokens, micro)
         self.eval_tokens = sum(y.numel() for _, y in self.val)
         self.token_bytes = getattr(data, "token_bytes", None)
         self.tokenizer_sha256 = getattr(data, "tokenizer_sha256", None)
-        self.threads = set_threads(t.threads).threads
+        self.threads = set_threads(t.threads, self.world.local_size).threads
         self.acct = count(cfg.model)
         self.peak = device_peak_flops(self.device)
         self.best_rate, self.slow_warned = 0.0, False
         self.tokens_per_step = t.batch_size * seq
-        self.micro_tokens = micro * seq
         self.kept_steps = frozenset(branch_steps(t, seq).values())  # never pruned
+        n_micro = check_split(cfg, self.world)
         self.opts = StepOptions(n_micro, t.grad_clip, cfg.model.moe, autocast_for(self.device))
 
         seed_everything(t.seed)
         self.model = build_model(cfg.model).to(self.device)
+        wrapped, self.sync = replicate(self.model, cfg, self.world, self.device)
         self.optimizer = build_optimizer(self.model, t, self.device.type)
+        # the small batch: one rank's share of the step, else its first micro-batch
+        small = self.tokens_per_step // self.world.size if self.world.size > 1 else micro * seq
         self.noise = (
-            NoiseScaleEstimator(self.micro_tokens, self.tokens_per_step, t.noise_scale_window)
+            NoiseScaleEstimator(small, self.tokens_per_step, t.noise_scale_window)
             if t.noise_scale
             else None
         )
-        self.metrics = MetricsLog(paths.metrics)
+        main = self.world.is_main
+        self.metrics = MetricsLog(paths.metrics) if main else Silent()
         self.state = checkpoint.TrainerState()
         self.start_step = self.resume()
         if t.compile:
             exclude_from_compile()
-        self.forward = torch.compile(self.model) if t.compile else self.model
-        if not paths.config.exists():
+        self.forward = torch.compile(wrapped) if t.compile else wrapped
+        if main and not paths.config.exists():
             atomic_write_text(paths.config, dump_config(cfg))
         purge = self.start_step + 1 if self.start_step else None  # drop events after the resume
-        self.tb = TensorBoard(paths.dir, purge_step=purge)
+        self.tb = TensorBoard(paths.dir, purge_step=purge) if main else Silent()
         self.t_start = time.perf_counter()
 
     def resume(self) -> int:
-        """Restore the newest checkpoint that loads, else train.init_from's; the step to
-        continue from (0: fresh)."""
-        found = checkpoint.load_latest(self.paths.checkpoints)
+        """Restore the newest checkpoint that loads (rank 0 chooses it; every rank reads it),
+        else train.init_from's; the step to continue from (0: fresh)."""
+        found = load_latest_on_ranks(self.paths.checkpoints, self.world)
         if found is None and self.cfg.train.init_from:
             return self.start_from(*(self.init or branch.load_init(self.cfg)))
         self.init = None
         if found is None:
-            self.paths.metrics.unlink(missing_ok=True)  # records of an attempt killed early
+            if self.world.is_main:
+                self.paths.metrics.unlink(missing_ok=True)  # records of an attempt killed early
             return 0
         step, state = found
         self.restore(state)
@@ -215,7 +253,8 @@ class Trainer:
             self.state, wall_time_s=0.0, start_step=step, val_loss=None, val_loss_se=None,
             val_bpb=None,
         )  # fmt: skip
-        self.paths.metrics.unlink(missing_ok=True)
+        if self.world.is_main:
+            self.paths.metrics.unlink(missing_ok=True)
         return step
 
     # ---- what the run writes
@@ -250,9 +289,10 @@ class Trainer:
             noise_scale=self.noise.value() if self.noise is not None else None,
             noise_scale_loss=self.noise.loss() if self.noise is not None else None,
             out_dir=str(self.paths.dir), threads=self.threads, peak_flops=self.peak.flops,
-            peak_source=self.peak.source, **extra,
+            peak_source=self.peak.source, ranks=self.world.size, **extra,
         )  # fmt: skip
-        s.write(self.paths)
+        if self.world.is_main:
+            s.write(self.paths)
         return s
 
     def wall_time(self) -> float:
@@ -283,10 +323,12 @@ class Trainer:
         trainer = dataclasses.replace(self.state, wall_time_s=self.wall_time(), noise=noise)
         state = checkpoint.capture(
             step, self.model, self.optimizer, self.device, trainer, self.cfg.to_dict()
-        )
-        checkpoint.save_checkpoint(
-            self.paths.checkpoints, step, state, self.cfg.train.keep_checkpoints, self.kept_steps
-        )
+        )  # collective: every rank gives its part, rank 0 writes the whole
+        if self.world.is_main:
+            checkpoint.save_checkpoint(
+                self.paths.checkpoints, step, state, self.cfg.train.keep_checkpoints,
+                self.kept_steps,
+            )  # fmt: skip
 
     def log_step(self, step: int, lr: float, res: StepResult, clock: Clock) -> None:
         tok_s, now = clock.rate(self.tokens_per_step)
@@ -297,7 +339,7 @@ class Trainer:
             Metric.LR: lr,
             Metric.GRAD_NORM: res.grad_norm,
             Metric.TOKENS_PER_S: tok_s,
-            Metric.MFU: self.acct.flops_per_token * tok_s / self.peak.flops,
+            Metric.MFU: self.acct.flops_per_token * tok_s / (self.peak.flops * self.world.size),
             **res.moe_metrics(),
         }
         if self.noise is not None:
@@ -364,10 +406,12 @@ class Trainer:
         lr = lr_at(step - 1, self.steps, self.cfg.train, self.tokens_per_step)
         set_lr(self.optimizer, lr)
         x, y = self.sampler.batch(step - 1, self.cfg.train.batch_size)
+        x, y = local_slice(x, self.world), local_slice(y, self.world)  # this rank's share
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         res = train_step(
-            self.model, self.optimizer, x, y, self.opts, forward=self.forward, noise=self.noise
-        )
+            self.model, self.optimizer, x, y, self.opts, forward=self.forward, noise=self.noise,
+            sync=self.sync,
+        )  # fmt: skip
         clock.steps_since_log += 1
         if step % self.cfg.train.log_every == 0 or step == self.steps:
             self.log_step(step, lr, res, clock)
@@ -382,6 +426,7 @@ class Trainer:
             f"{human(acct.flops_per_token)} FLOP/token; {self.steps} steps x {t.batch_size} x "
             f"{cfg.model.seq_len} = {human(self.steps * self.tokens_per_step)} tokens"
             + (f" ({n_micro} micro-batches of {micro})" if n_micro > 1 else "")
+            + (f"; {self.world.size} ranks" if self.world.size > 1 else "")
             + f"; {self.device.type}, {self.threads} threads, peak {human(self.peak.flops)}FLOP/s "
             f"({self.peak.source}) -> {self.paths.dir}"
         )
