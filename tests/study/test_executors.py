@@ -77,3 +77,16 @@ def test_ctrl_c_stops_workers_and_leaves_runs_resumable(tmp_path: Path, corpus_d
               if read_summary_or_none(d) is not None}  # fmt: skip
     assert states <= {"interrupted", "done"} and "interrupted" in states
     assert not run_study(spec, report=False).failed  # and it resumes
+
+
+def test_submitit_runs_each_run_on_two_ranks(tmp_path: Path, corpus_dir: Path):
+    """`slurm: {ranks_per_run: 2}`: each run is a 2-task job whose tasks join as torch ranks."""
+    pytest.importorskip("submitit")
+    small = {**SMALL, "tokens": {"budgets": [2048]}}
+    spec = write_study(tmp_path, corpus_dir, **small,
+                       executor={"kind": "submitit-local", "workers": 1, "threads": 1,
+                                 "slurm": {"ranks_per_run": 2}})  # fmt: skip
+    outcome = run_study(spec, report=False)
+    assert not outcome.failed
+    (run,) = (tmp_path / "study" / "runs").iterdir()
+    assert read_summary_or_none(run).ranks == 2

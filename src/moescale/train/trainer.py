@@ -353,7 +353,7 @@ class Trainer:
     def check_throughput(self, tok_s: float) -> None:
         """Warn once when throughput falls far below this run's own best: something else is
         competing for the cores (the ETA stays honest; the user may want to act)."""
-        if tok_s < 0.5 * self.best_rate and not self.slow_warned:
+        if tok_s < 0.5 * self.best_rate and not self.slow_warned and self.world.is_main:
             self.slow_warned = True
             logger.warning(
                 f"throughput fell to {human(tok_s)} tokens/s, {tok_s / self.best_rate:.0%} of "
