@@ -43,8 +43,11 @@ def test_no_value_before_data_and_state_roundtrip():
     est.update(3.0, 2.0)
     est.update(float("nan"), 1.0)  # ignored
     other = NoiseScaleEstimator(4, 32)
-    other.load_state_dict(est.state_dict())
+    assert other.load_state_dict(est.state_dict())
     assert other.count == 1 and other.value() == est.value()
+    on_two_ranks = NoiseScaleEstimator(16, 32)  # resumed with another small batch
+    assert not on_two_ranks.load_state_dict(est.state_dict())
+    assert on_two_ranks.count == 0
     with pytest.raises(ValueError):
         NoiseScaleEstimator(32, 4)
 

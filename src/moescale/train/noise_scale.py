@@ -79,6 +79,11 @@ class NoiseScaleEstimator:
     def state_dict(self) -> dict:
         return asdict(self)
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> bool:
+        """Continue the saved window; False (and an empty window) when it was measured at other
+        batch sizes, e.g. by a run resumed on another number of ranks: mixing them is biased."""
+        if (state.get("b_small"), state.get("b_big")) != (self.b_small, self.b_big):
+            return False
         self.small_sq, self.big_sq = list(state["small_sq"]), list(state["big_sq"])
         self.losses = list(state["losses"])
+        return True

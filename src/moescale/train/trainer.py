@@ -242,7 +242,9 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         self.state = checkpoint.restore(state, self.model, self.optimizer)
         if self.noise is not None and self.state.noise is not None:
-            self.noise.load_state_dict(self.state.noise)
+            if not self.noise.load_state_dict(self.state.noise):
+                logger.info("train: the noise-scale window starts afresh: its batch sizes "
+                            "changed with the number of ranks")  # fmt: skip
 
     def start_from(self, step: int, state: dict[str, Any]) -> int:
         """A fresh directory continuing another run's checkpoint (a decay branch): its metrics
