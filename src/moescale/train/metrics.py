@@ -1,4 +1,5 @@
-"""Where a run's numbers go: metrics.jsonl, TensorBoard and a console line a human can read.
+"""Where a run's numbers go: metrics.jsonl, TensorBoard, a console line a human can read, and
+the clock behind its tokens/s and ETA.
 
 (Reading a run's records back is `moescale.run.read_metrics`, which needs no torch.)
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +98,26 @@ def console_line(rec: dict[str, Any], total_steps: int, eta_s: float) -> str:
         parts.append(f"B_noise {human(rec[m.NOISE_SCALE])} tok")
     parts.append(f"ETA {duration(eta_s)}")
     return " | ".join(parts)
+
+
+class Clock:
+    """Tokens/s over the steps since the last log line (training time only: evaluation and
+    checkpointing are paused out) and the ETA from the mean step time of this process."""
+
+    def __init__(self, start_step: int) -> None:
+        self.start_step = start_step
+        self.t_log = self.t_loop = time.perf_counter()
+        self.steps_since_log = 0
+
+    def rate(self, tokens_per_step: int) -> tuple[float, float]:
+        """(tokens/s since the last call, now), and start a new log interval."""
+        now = time.perf_counter()
+        tok_s = self.steps_since_log * tokens_per_step / max(now - self.t_log, 1e-9)
+        self.t_log, self.steps_since_log = now, 0
+        return tok_s, now
+
+    def eta(self, step: int, steps: int, now: float) -> float:
+        return (steps - step) * (now - self.t_loop) / (step - self.start_step)
+
+    def exclude(self, seconds: float) -> None:
+        self.t_log += seconds

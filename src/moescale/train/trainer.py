@@ -62,7 +62,7 @@ from moescale.train.distributed import (
     replicate,
 )
 from moescale.train.evaluate import evaluate
-from moescale.train.metrics import MetricsLog, TensorBoard, console_line
+from moescale.train.metrics import Clock, MetricsLog, TensorBoard, console_line
 from moescale.train.noise_scale import NoiseScaleEstimator
 from moescale.train.optim import branch_steps, build_optimizer, lr_at, set_lr
 from moescale.train.rundir import check_run_dir, clear_run, copy_tokenizer, plan_steps
@@ -136,29 +136,6 @@ def _check_previous(cfg: Config, paths: RunPaths, force: bool) -> tuple[RunSumma
             "checkpoint", previous.failed_step, previous.reason,
         )  # fmt: skip
     return previous, not checkpoint.list_checkpoints(paths.checkpoints)
-
-
-class Clock:
-    """Tokens/s over the steps since the last log line (training time only: evaluation and
-    checkpointing are paused out) and the ETA from the mean step time of this process."""
-
-    def __init__(self, start_step: int) -> None:
-        self.start_step = start_step
-        self.t_log = self.t_loop = time.perf_counter()
-        self.steps_since_log = 0
-
-    def rate(self, tokens_per_step: int) -> tuple[float, float]:
-        """(tokens/s since the last call, now), and start a new log interval."""
-        now = time.perf_counter()
-        tok_s = self.steps_since_log * tokens_per_step / max(now - self.t_log, 1e-9)
-        self.t_log, self.steps_since_log = now, 0
-        return tok_s, now
-
-    def eta(self, step: int, steps: int, now: float) -> float:
-        return (steps - step) * (now - self.t_loop) / (step - self.start_step)
-
-    def exclude(self, seconds: float) -> None:
-        self.t_log += seconds
 
 
 class Trainer:
@@ -428,7 +405,7 @@ class Trainer:
             f"{human(acct.flops_per_token)} FLOP/token; {self.steps} steps x {t.batch_size} x "
             f"{cfg.model.seq_len} = {human(self.steps * self.tokens_per_step)} tokens"
             + (f" ({n_micro} micro-batches of {micro})" if n_micro > 1 else "")
-            + (f"; {self.world.size} ranks" if self.world.size > 1 else "")
+            + (f"; {self.world.size} ranks ({self.parallel_mode()})" if self.world.size > 1 else "")
             + f"; {self.device.type}, {self.threads} threads, peak {human(self.peak.flops)}FLOP/s "
             f"({self.peak.source}) -> {self.paths.dir}"
         )
@@ -438,6 +415,12 @@ class Trainer:
                 f"train: {self.steps * t.batch_size:,} sequences are {epochs:.1f} epochs of the "
                 f"{self.sampler.windows:,} training windows; repeated data bends scaling laws"
             )
+
+    def parallel_mode(self) -> str:
+        par = self.cfg.parallel
+        if par.fsdp:
+            return "FSDP2"
+        return f"DDP, experts over groups of {par.expert}" if par.expert > 1 else "DDP"
 
     def finish(self) -> RunSummary:
         result = self.summary("done", self.steps)
