@@ -50,3 +50,16 @@ def test_fit_speed_benchmark_runs(tmp_path):
         tmp_path, "fit_speed.py", "--repeats", "1", "--draws", "8", "--epoch-starts", "4"
     )
     assert any(r["impl"].startswith("vp") for r in rows)
+
+
+def test_distributed_benchmark_runs(tmp_path):
+    rows = run_bench(
+        tmp_path, "distributed.py", "--d-model", "32", "--layers", "1", "--d-ff", "64",
+        "--seq-len", "32", "--batch", "4", "--warmup", "1", "--repeats", "1", "--steps", "1",
+        "--threads", "1",
+    )  # fmt: skip
+    settings = {(r["arch"], r["setting"]) for r in rows}
+    assert {("dense", "plain"), ("dense", "ddp1"), ("dense", "ddp2"), ("moe", "ep2")} <= settings
+    for r in rows:
+        if r["setting"] in ("ddp1", "ddp2"):  # same sums in the same order as one process
+            assert r["loss_matches_plain"] and r["loss_max_rel_diff_vs_plain"] <= 1e-5, r
