@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from moescale.train import device as dev
+from moescale.train.distributed import World
 from moescale.train.trainer import Trainer
 
 
@@ -75,9 +76,14 @@ def test_rng_state_is_plain_and_round_trips(tmp_path):
 
 
 def test_slow_throughput_warns_once(caplog):
-    fake = SimpleNamespace(best_rate=0.0, slow_warned=False, threads=2)
+    fake = SimpleNamespace(best_rate=0.0, slow_warned=False, threads=2, world=World())
     with caplog.at_level("WARNING", logger="moescale"):
         for rate in (1000.0, 1100.0, 300.0, 200.0):
             Trainer.check_throughput(fake, rate)
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "27%" in warnings[0] and "train.threads" in warnings[0]
+    rank1 = SimpleNamespace(best_rate=0.0, slow_warned=False, threads=1, world=World(1, 2, 1, 2))
+    caplog.clear()
+    for rate in (1000.0, 100.0):  # rank 0 speaks for the run
+        Trainer.check_throughput(rank1, rate)
+    assert not caplog.records

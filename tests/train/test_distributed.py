@@ -3,8 +3,8 @@
 One spawn of 2 ranks runs every distributed job (process start-up is most of the cost); the
 single-process references and the resumes on one rank run in the test process. Jobs:
 - data parallelism (DDP) and FSDP2 at the same global batch give the loss trajectory of one
-  process (float32, 1e-5), dense and MoE (with gradient accumulation: 4 micro-batches of 2 on one
-  process, 2 on each rank);
+  process (float32, 1e-5), dense and MoE each (with gradient accumulation: 4 micro-batches of 2
+  on one process, 2 on each rank);
 - expert parallelism (parallel.expert 2, the 8 experts of each layer 4 per rank) gives it too;
 - checkpoints: a run saved on 2 ranks (DDP and expert shards) resumes on 1, and one saved on 1
   resumes on 2 (DDP and expert shards), each continuing the one-process trajectory;
@@ -63,6 +63,7 @@ JOBS = {
     "dense_fsdp": (False, {"fsdp": True}, {}),
     "moe_ddp_noise": (True, {}, {"noise_scale": True}),
     "moe_expert": (True, {"expert": 2}, {}),
+    "moe_fsdp": (True, {"fsdp": True}, {}),
 }
 # name -> (moe, parallel, the one-process run directory whose cut copy it resumes)
 RESUMES_ON_2 = {
