@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import torch
 
-from moescale.train.device import available_cores, choose_threads
+from moescale.train.device import available_cores, choose_threads, keep_freed_memory
 
 
 def add_machine_flags(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +57,7 @@ def apply_threads(args: argparse.Namespace) -> str:
     (the load average has not caught up with processes started a second ago)."""
     choice = choose_threads(args.threads, workers=1, extra_busy=args.load)
     torch.set_num_threads(choice.threads)
+    args.allocator = keep_freed_memory()  # as the trainer does on CPU
     return choice.reason
 
 
@@ -70,4 +71,5 @@ def machine_info(args: argparse.Namespace, threads_source: str) -> dict:
         "threads_source": threads_source,
         "torch": torch.__version__,
         "load_processes": args.load,
+        "allocator": getattr(args, "allocator", ""),
     }

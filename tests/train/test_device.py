@@ -87,3 +87,25 @@ def test_slow_throughput_warns_once(caplog):
     for rate in (1000.0, 100.0):  # rank 0 speaks for the run
         Trainer.check_throughput(rank1, rate)
     assert not caplog.records
+
+
+def test_freed_memory_is_kept_unless_asked_not_to(monkeypatch):
+    import ctypes
+
+    from moescale.train.device import keep_freed_memory
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.setattr("platform.system", lambda: "Linux")
+    monkeypatch.setattr("platform.libc_ver", lambda: ("glibc", "2.36"))
+    assert keep_freed_memory() == "freed memory kept for reuse (mallopt)"
+    assert [p for p, _ in calls] == [-3, -1, -2]  # mmap threshold, trim threshold, top pad
+    calls.clear()
+    monkeypatch.setenv("MOESCALE_MALLOC", "default")
+    assert "glibc defaults" in keep_freed_memory() and not calls

@@ -137,6 +137,35 @@ def set_threads(setting: int = 0, workers: int | None = None) -> ThreadChoice:
     return choice
 
 
+def keep_freed_memory() -> str:
+    """On Linux (glibc), serve large CPU tensors from the heap instead of fresh mmap'd pages,
+    and keep freed memory for the next step; returns what was done, for the log.
+
+    By default glibc maps every allocation over a few MB anew and unmaps it when freed, so each
+    training step page-faults (and zero-fills) every large activation and gradient again.
+    Keeping them measured +27 % tokens/s for a dense model and +10 % for a G 8 MoE on the
+    2-core dev CPU (benchmarks/train_step.py, README). The cost: the process keeps its peak
+    memory until it exits, which a training run reaches every step anyway. Set
+    $MOESCALE_MALLOC=default to keep glibc's behaviour."""
+    import ctypes
+
+    if os.environ.get("MOESCALE_MALLOC", "") == "default":
+        return "glibc defaults ($MOESCALE_MALLOC=default)"
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return "allocator untouched (not glibc)"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # <malloc.h>
+        ok = libc.mallopt(m_mmap_threshold, 2**31 - 1) and libc.mallopt(
+            m_trim_threshold, 2**31 - 1
+        ) and libc.mallopt(m_top_pad, 256 << 20)  # fmt: skip
+    except (OSError, AttributeError):
+        return "allocator untouched (no mallopt)"
+    return (
+        "freed memory kept for reuse (mallopt)" if ok else "allocator untouched (mallopt refused)"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Random number generators
 

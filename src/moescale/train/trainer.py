@@ -44,6 +44,7 @@ from moescale.train import branch, checkpoint
 from moescale.train.device import (
     autocast_for,
     device_peak_flops,
+    keep_freed_memory,
     resolve_device,
     seed_everything,
     set_threads,
@@ -167,6 +168,8 @@ class Trainer:
         self.token_bytes = getattr(data, "token_bytes", None)
         self.tokenizer_sha256 = getattr(data, "tokenizer_sha256", None)
         self.threads = set_threads(t.threads, self.world.local_size).threads
+        if self.device.type == "cpu":
+            logger.info("memory: %s", keep_freed_memory())
         self.acct = count(cfg.model)
         self.peak = device_peak_flops(self.device)
         self.best_rate, self.slow_warned = 0.0, False
