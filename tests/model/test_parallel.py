@@ -21,12 +21,8 @@ workers after DEADLINE_S.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import time
-import traceback
-from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +31,7 @@ from moescale.config import MoEConfig
 from moescale.model.experts import reference_experts
 from moescale.model.moe import MoEFFN, route
 from moescale.model.parallel import ExpertParallelMoE, expert_parallel_forward
+from tests.ranks import run_ranks
 
 WORLD = 2
 D_MODEL, D_FF = 16, 32
@@ -180,70 +177,17 @@ def _no_grad_and_empty(rank: int) -> dict:
     return {"errors": errors}
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=30),
-    )
-    results = {}
-    try:
-        for name in CASES:
-            results[name] = check_case(name, rank)
-        results["no_grad_empty"] = _no_grad_and_empty(rank)
-    except Exception:  # a broken collective: report it, the other rank will time out
-        results["crash"] = {"errors": [traceback.format_exc()]}
-        raise
-    finally:
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump(results, f)
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _cases(rank: int, out_dir: Path) -> dict:
+    results = {name: check_case(name, rank) for name in CASES}
+    results["no_grad_empty"] = _no_grad_and_empty(rank)
+    return results
 
 
 @pytest.fixture(scope="module")
 def group_results(tmp_path_factory):
-    import torch.multiprocessing as mp
-
-    out_dir = str(tmp_path_factory.mktemp("parallel"))
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
-    ctx = mp.start_processes(
-        _worker, args=(_free_port(), out_dir), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + DEADLINE_S
-    failure = None
-    try:
-        while not ctx.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                failure = f"workers still running after {DEADLINE_S:.0f} s"
-                break
-    except Exception as e:  # a worker raised: mp already terminated the others
-        failure = f"a worker failed: {e}"
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
-    wall = time.perf_counter() - t0
-    results = []
-    for r in range(WORLD):
-        path = os.path.join(out_dir, f"rank{r}.json")
-        results.append(json.load(open(path)) if os.path.exists(path) else {})
-    if failure:
-        crash = [res.get("crash", {}).get("errors", []) for res in results]
-        pytest.fail(f"{failure}\n{crash}")
-    print(f"2-rank gloo run: {wall:.1f} s wall")
+    results = run_ranks(_cases, WORLD, tmp_path_factory.mktemp("parallel"), DEADLINE_S, 30)
+    print(f"2-rank gloo run: {time.perf_counter() - t0:.1f} s wall")
     return results
 
 

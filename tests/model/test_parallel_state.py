@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import time
-import traceback
-from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,7 +38,8 @@ from moescale.config import ModelConfig, MoEConfig, TrainConfig
 from moescale.model import build_model, lm_loss
 from moescale.model.parallel import shard_model, to_canonical_state, to_local_state
 from moescale.train.optim import build_optimizer
-from tests.model.test_parallel import _free_port, rel_err
+from tests.model.test_parallel import rel_err
+from tests.ranks import run_ranks
 
 WORLD = 2
 DEADLINE_S = 120.0
@@ -210,60 +208,13 @@ def missing_state(model, opt, rank: int) -> list[str]:
     return errors
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=30),
-    )
-    results = {}
-    try:
-        results = run_cases(rank)
-    except Exception:  # a broken collective: report it, the other rank will time out
-        results["crash"] = {"errors": [traceback.format_exc()]}
-        raise
-    finally:
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump(results, f)
-    dist.destroy_process_group()
+def _cases(rank: int, out_dir: Path) -> dict:
+    return run_cases(rank)
 
 
 @pytest.fixture(scope="module")
 def group_results(tmp_path_factory):
-    import torch.multiprocessing as mp
-
-    out_dir = str(tmp_path_factory.mktemp("parallel_state"))
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    ctx = mp.start_processes(
-        _worker, args=(_free_port(), out_dir), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + DEADLINE_S
-    failure = None
-    try:
-        while not ctx.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                failure = f"workers still running after {DEADLINE_S:.0f} s"
-                break
-    except Exception as e:  # a worker raised: mp already terminated the others
-        failure = f"a worker failed: {e}"
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
-    results = []
-    for r in range(WORLD):
-        path = os.path.join(out_dir, f"rank{r}.json")
-        results.append(json.load(open(path)) if os.path.exists(path) else {})
-    if failure:
-        crash = [res.get("crash", {}).get("errors", []) for res in results]
-        pytest.fail(f"{failure}\n{crash}")
-    return results
+    return run_ranks(_cases, WORLD, tmp_path_factory.mktemp("parallel_state"), DEADLINE_S, 30)
 
 
 CASES = ["shard", "roundtrip", "forward", "train_step", "bias", "missing_state"]

@@ -21,10 +21,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
-import time
-import traceback
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +29,7 @@ import torch
 
 from moescale.run import RunPaths, read_summary_or_none
 from moescale.train.trainer import ArrayData, train
+from tests.ranks import run_ranks
 from tests.train.conftest import markov_tokens, tiny_config
 
 WORLD = 2
@@ -135,55 +132,25 @@ def noise_check(rank: int, tmp: Path) -> list[str]:
     return errors
 
 
-def _worker(rank: int, port: int, tmp: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
+def _jobs(rank: int, root: Path) -> dict:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(WORLD), MOESCALE_PEAK_FLOPS="1e11")  # fmt: skip
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD, timeout=timedelta(seconds=60))  # fmt: skip
-    root, result = Path(tmp), {"errors": []}
-    try:
-        for name, (moe, par, extra) in JOBS.items():
-            train(config(root / name, moe, par, **extra), data=data())
-        for name, (moe, par, _) in RESUMES_ON_2.items():
-            train(config(root / name, moe, par), data=data())
-        result["errors"] += noise_check(rank, root)
-    except Exception:
-        result["errors"].append(traceback.format_exc())
-        raise
-    finally:
-        (root / f"rank{rank}.json").write_text(json.dumps(result))
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for name, (moe, par, extra) in JOBS.items():
+        train(config(root / name, moe, par, **extra), data=data())
+    for name, (moe, par, _) in RESUMES_ON_2.items():
+        train(config(root / name, moe, par), data=data())
+    return {"errors": noise_check(rank, root)}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    import torch.multiprocessing as mp
-
     root = tmp_path_factory.mktemp("dist")
     for name, moe in (("ref_dense", False), ("ref_moe", True)):
         train(config(root / name, moe), data=data())
     for name, (_, _, src) in RESUMES_ON_2.items():
         cut_copy(root / src, root / name)
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(root)), nprocs=WORLD, join=False,
-                             start_method="spawn")  # fmt: skip
-    deadline = time.monotonic() + DEADLINE_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the 2-rank jobs did not finish in {DEADLINE_S} s")
-    for rank in range(WORLD):
-        errors = json.loads((root / f"rank{rank}.json").read_text())["errors"]
-        assert not errors, f"rank {rank}:\n" + "\n".join(errors)
+    for rank, result in enumerate(run_ranks(_jobs, WORLD, root, DEADLINE_S)):
+        assert not result["errors"], f"rank {rank}:\n" + "\n".join(result["errors"])
     return root
 
 
