@@ -32,12 +32,17 @@ def torchrun(cfg: Path, out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
 
 
-def test_torchrun_two_ranks(tmp_path: Path) -> None:
-    corpus = tmp_path / "corpus.jsonl"
+def write_config(tmp_path: Path, batch: int) -> Path:
+    """A 10-step run of `batch` sequences on a small JSONL corpus."""
+    corpus, cfg = tmp_path / "corpus.jsonl", tmp_path / "run.yaml"
     write_corpus(corpus)
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(CONFIG.format(tokens=10 * 8 * 32, batch=8, corpus=corpus,
+    cfg.write_text(CONFIG.format(tokens=10 * batch * 32, batch=batch, corpus=corpus,
                                  cache=tmp_path / "cache"))  # fmt: skip
+    return cfg
+
+
+def test_torchrun_two_ranks(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, batch=8)
     run = tmp_path / "run"
     first = torchrun(cfg, run)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -57,12 +62,7 @@ def test_torchrun_two_ranks(tmp_path: Path) -> None:
 
 
 def test_torchrun_refuses_a_batch_that_does_not_split(tmp_path: Path) -> None:
-    corpus = tmp_path / "corpus.jsonl"
-    write_corpus(corpus)
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(CONFIG.format(tokens=10 * 3 * 32, batch=3, corpus=corpus,
-                                 cache=tmp_path / "cache"))  # fmt: skip
-    res = torchrun(cfg, tmp_path / "run")
+    res = torchrun(write_config(tmp_path, batch=3), tmp_path / "run")
     assert res.returncode != 0
     assert res.stderr.count("train.batch_size: 3 sequences do not split into 2 ranks") == 2
     assert not (tmp_path / "run").exists()
