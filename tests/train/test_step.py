@@ -80,3 +80,24 @@ def test_router_bias_moves_after_the_step():
     train_step(model, opt, x, y, opts)
     biases = torch.cat([layer.expert_bias_X for layer in model.moe_layers()])
     assert biases.abs().max() == pytest.approx(0.1)
+
+
+def test_a_forward_without_a_truth_value_is_used():
+    """torch.compile's wrapper of a module without len() (a DDP module) raises on bool(): the
+    step must test `forward` against None, not for truth."""
+
+    class NoTruth:
+        def __init__(self, model):
+            self.model, self.calls = model, 0
+
+        def __len__(self):
+            raise TypeError("no len()")
+
+        def __call__(self, *args):
+            self.calls += 1
+            return self.model(*args)
+
+    model, opt, opts, x, y = setup()
+    forward = NoTruth(model)
+    train_step(model, opt, x, y, opts, forward=forward)
+    assert forward.calls == 1

@@ -167,7 +167,8 @@ def train_step(
     sync = sync or GradSync()
     params = [p for p in model.parameters() if p.requires_grad]
     small = noise is not None and sync.size == 1  # one rank: the first micro-batch is small
-    st = forward_backward(forward or model, x, y, opts, params if small else None, sync)
+    fwd = forward if forward is not None else model  # a compiled module has no truth value
+    st = forward_backward(fwd, x, y, opts, params if small else None, sync)
     loss = float(sync.mean(st.lm_sum)) / opts.n_micro
     if not math.isfinite(loss):
         raise NonFiniteError(f"non-finite loss ({loss})")
