@@ -185,6 +185,9 @@ def exclude_from_compile() -> None:
     matmuls; the rest of the model compiles). Not a decorator: `torch.compiler.disable` imports
     torch._dynamo, about a second of start-up that every run of a study would pay."""
     global expert_forward
+    from moescale.model import parallel  # its token exchange too: the split sizes are data
+
     if not getattr(expert_forward, "_moescale_eager", False):
         expert_forward = torch.compiler.disable(expert_forward)
         expert_forward._moescale_eager = True  # type: ignore[attr-defined]
+        parallel.expert_parallel_forward = torch.compiler.disable(parallel.expert_parallel_forward)
