@@ -8,6 +8,8 @@ single-process references and the resumes on one rank run in the test process. J
 - expert parallelism (parallel.expert 2, the 8 experts of each layer 4 per rank) gives it too;
 - checkpoints: a run saved on 2 ranks (DDP and expert shards) resumes on 1, and one saved on 1
   resumes on 2 (DDP and expert shards), each continuing the one-process trajectory;
+- evaluation, each rank scoring its share of the windows, gives the one-process validation loss
+  and standard error;
 - the noise scale's two squared norms under DDP are the mean per-rank |g|^2 and the full
   batch's |g|^2, computed independently on one process.
 
@@ -38,7 +40,8 @@ TOL = 1e-5
 CUT = 6  # resumed runs continue from this step's checkpoint
 # MoE with the balancing statistics of each micro-batch: equal on 1 and 2 ranks (see step.py)
 MOE = {"balance_scope": "micro_batch"}
-TRAIN = {"tokens": 12 * 8 * 32, "micro_batch_size": 2, "eval_every": 6, "checkpoint_every": 6}
+TRAIN = {"tokens": 12 * 8 * 32, "micro_batch_size": 2, "eval_every": 6, "checkpoint_every": 6,
+         "eval_tokens": 448}  # 7 validation batches: rank 1 scores 3 and runs a 4th for nothing
 
 
 def data() -> ArrayData:
@@ -162,7 +165,8 @@ def assert_same_trajectory(got: Path, want: Path, after: int = 0) -> None:
     assert worst <= TOL, f"{got.name}: loss differs from {want.name} by {worst:.2e} (rel)"
     sa, sb = read_summary_or_none(got), read_summary_or_none(want)
     assert sa.status == sb.status == "done"
-    assert abs(sa.val_loss - sb.val_loss) <= TOL * sb.val_loss
+    assert abs(sa.val_loss - sb.val_loss) <= TOL * sb.val_loss  # windows split over the ranks
+    assert abs(sa.val_loss_se - sb.val_loss_se) <= TOL * sb.val_loss_se
 
 
 @pytest.mark.parametrize("name", list(JOBS))

@@ -251,6 +251,7 @@ class GradSync:
     or without ranks. `Replicated` is the data-parallel one."""
 
     size: int = 1
+    rank: int = 0
 
     def micro(self, last: bool) -> contextlib.AbstractContextManager:
         """Around the backward of one micro-batch: gradients are exchanged on the last only."""
@@ -261,7 +262,7 @@ class GradSync:
         return t
 
     def sum(self, ts: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each tensor summed over the ranks (expert loads)."""
+        """Each tensor summed over the ranks (expert loads, evaluation sums)."""
         return ts
 
     def finish(self) -> None:
@@ -351,7 +352,7 @@ def replicate(
         for block in model.blocks:
             fully_shard(block)
         fully_shard(model)
-        return model, Replicated(size=world.size, wrapper=model, fsdp=True)
+        return model, Replicated(size=world.size, rank=world.rank, wrapper=model, fsdp=True)
     expert_params, replica_group, replicas = _shard_experts(model, cfg.parallel.expert, world)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -363,7 +364,8 @@ def replicate(
         forward_sync_buffers=False,  # router biases move identically on every rank
         gradient_as_bucket_view=True,
     )
-    sync = Replicated(world.size, ddp, False, expert_params, replica_group, replicas)
+    sync = Replicated(size=world.size, rank=world.rank, wrapper=ddp, expert_params=expert_params,
+                      replica_group=replica_group, replicas=replicas)  # fmt: skip
     if cfg.train.noise_scale:
         sync.hook_state = {"sq": None}
         ddp.register_comm_hook(sync.hook_state, _sq_norm_then_allreduce)

@@ -281,7 +281,9 @@ class Trainer:
         return self.state.wall_time_s + time.perf_counter() - self.t_start
 
     def evaluate(self, step: int) -> None:
-        ev = evaluate(self.forward, self.val, self.device, self.opts.autocast, self.token_bytes)
+        ev = evaluate(
+            self.forward, self.val, self.device, self.opts.autocast, self.token_bytes, self.sync
+        )
         self.state.val_loss, self.state.val_loss_se, self.state.val_bpb = (
             ev.loss,
             ev.loss_se,
