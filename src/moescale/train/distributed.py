@@ -143,7 +143,9 @@ class _RankTag(logging.Filter):
         self.rank = rank
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = f"[rank {self.rank}] {record.msg}"
+        tag = f"[rank {self.rank}] "
+        if not str(record.msg).startswith(tag):  # one record may pass several handlers
+            record.msg = tag + str(record.msg)
         return True
 
 
