@@ -117,3 +117,38 @@ def test_checkpoint_paths_need_no_torch():
             "from moescale.train.branch import branch_checkpoint; "
             "assert 'torch' not in sys.modules")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_format_2_checkpoint_still_resumes(tmp_path: Path, tiny_data):
+    """Format 2 keyed the optimizer state by index (`optimizer.state_dict()`): such a file
+    restores into a one-process model exactly as format 3 does."""
+    from moescale.model import build_model
+    from moescale.train.checkpoint import full_state, restore
+    from moescale.train.optim import build_optimizer
+
+    from .conftest import tiny_config
+
+    cfg = tiny_config(tmp_path / "run", moe=True)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    opt = build_optimizer(model, cfg.train, "cpu")
+    model(torch.randint(0, 300, (2, 32))).logits.square().mean().backward()
+    opt.step()
+    trainer = {"val_loss": None, "val_loss_se": None, "val_bpb": None, "wall_time_s": 1.0,
+               "noise": None, "start_step": 0}  # fmt: skip
+    rng = {"torch": torch.get_rng_state(), "numpy": {"kind": "MT19937",
+           "keys": torch.zeros(624, dtype=torch.int64), "pos": 624, "has_gauss": 0,
+           "cached_gaussian": 0.0}, "python": {"version": 3, "state": torch.arange(625),
+           "gauss_next": None}}  # fmt: skip
+    old = {"format": 2, "model": model.state_dict(), "optimizer": opt.state_dict(),
+           "rng": rng, "trainer": trainer}  # fmt: skip
+    torch.manual_seed(1)
+    again = build_model(cfg.model)
+    again_opt = build_optimizer(again, cfg.train, "cpu")
+    restore(old, again, again_opt)
+    want, got = full_state(model, opt), full_state(again, again_opt)
+    for key, value in want[0].items():
+        assert torch.equal(got[0][key], value), key
+    for name, moments in want[1]["state"].items():
+        for k, v in moments.items():
+            assert torch.equal(got[1]["state"][name][k], v), (name, k)
