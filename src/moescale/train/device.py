@@ -143,8 +143,8 @@ def keep_freed_memory() -> str:
 
     By default glibc maps every allocation over a few MB anew and unmaps it when freed, so each
     training step page-faults (and zero-fills) every large activation and gradient again.
-    Keeping them measured +27 % tokens/s for a dense model and +10 % for a G 8 MoE on the
-    2-core dev CPU (benchmarks/train_step.py, README). The cost: the process keeps its peak
+    Keeping them measured +13-31 % tokens/s for a dense model and +1-15 % for MoE models on
+    the 2-core dev CPU (benchmarks/train_step.py, README). The cost: the process keeps its peak
     memory until it exits, which a training run reaches every step anyway. Set
     $MOESCALE_MALLOC=default to keep glibc's behaviour."""
     import ctypes
