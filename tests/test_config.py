@@ -201,3 +201,6 @@ def test_the_global_batch_must_split_over_the_ranks():
         check_split(cfg, World(0, 3, 0, 3))
     cfg.train.micro_batch_size = None  # default: one micro-batch per rank
     assert check_split(cfg, World(1, 4, 1, 4)) == 1
+    cfg.train.batch_size = 1  # fewer sequences than ranks: an error naming the key
+    with pytest.raises(ConfigError, match="train.batch_size: 1 sequences do not split into 2"):
+        check_split(cfg, World(0, 2, 0, 2))

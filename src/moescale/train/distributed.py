@@ -41,6 +41,7 @@ import torch.distributed as dist
 
 from moescale.config import Config
 from moescale.errors import ConfigError, UserError
+from moescale.train.rundir import micro_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -220,9 +221,7 @@ def check_split(cfg: Config, world: World) -> int:
     """Micro-batches each rank runs per optimizer step; a ConfigError when the global batch
     does not split evenly over the ranks and their micro-batches."""
     t, par = cfg.train, cfg.parallel
-    micro = t.micro_batch_size or t.batch_size
-    if world.size > 1 and t.micro_batch_size is None:
-        micro = t.batch_size // world.size
+    micro = micro_batch_size(cfg, world.size)
     if world.size % par.expert:
         raise ConfigError(
             f"parallel.expert: {par.expert} does not divide the {world.size} ranks; choose a "

@@ -17,6 +17,12 @@ from moescale.run import RunPaths, RunSummary, config_diff, read_summary_or_none
 from moescale.train.optim import total_steps
 
 
+def micro_batch_size(cfg: Config, ranks: int = 1) -> int:
+    """Sequences per forward pass: train.micro_batch_size, else one rank's share of the batch
+    (at least one sequence; moescale.train.distributed.check_split checks that it divides)."""
+    return cfg.train.micro_batch_size or max(1, cfg.train.batch_size // ranks)
+
+
 def plan_steps(cfg: Config, ranks: int = 1) -> tuple[int, int, int]:
     """(steps, micro_batch_size, micro-batches per step) on `ranks` data-parallel ranks
     (moescale.train.distributed.check_split checks the split); errors name the key."""
@@ -28,8 +34,8 @@ def plan_steps(cfg: Config, ranks: int = 1) -> tuple[int, int, int]:
             f"train.tokens: {t.tokens} is less than one step of train.batch_size x model.seq_len "
             f"= {per_step} tokens; raise train.tokens or lower the batch size."
         )
-    micro = t.micro_batch_size or t.batch_size // ranks
-    n_micro = t.batch_size // max(1, micro)
+    micro = micro_batch_size(cfg, ranks)
+    n_micro = t.batch_size // micro
     if t.noise_scale and n_micro < 2:  # with ranks, one rank's share is the small batch
         raise ConfigError(
             "train.noise_scale: the estimator needs at least 2 micro-batches per step; set "
