@@ -49,6 +49,20 @@ def add_set_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    """--step, --device, --threads: which checkpoint of a run to load, and where to run it
+    (the commands that use a trained run: eval, generate)."""
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="intra-op CPU threads (default: from the free cores)",
+    )
+
+
 def finite_or_none(o: Any) -> Any:
     """Non-finite floats become null, so the JSON stays standard."""
     if isinstance(o, float):

@@ -30,7 +30,7 @@ import logging
 import math
 from typing import Any
 
-from moescale.commands import STDOUT, add_json_flag, emit_json, logs_to_stderr
+from moescale.commands import STDOUT, add_checkpoint_flags, add_json_flag, emit_json, logs_to_stderr
 from moescale.errors import UserError
 from moescale.fmt import count, sig
 
@@ -79,21 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fetch-bigbench", action="store_true",
                         help="download the bigbench sdist (358 MB) into the data cache if no "
                         "local copy is given")  # fmt: skip
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
+    add_checkpoint_flags(parser)
     parser.add_argument(
         "--batch-size",
         type=int,
         default=16,
         metavar="B",
         help="windows per forward pass (default 16)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        metavar="N",
-        help="intra-op CPU threads (default: from the free cores)",
     )
     add_json_flag(parser, "the eval.json entries of this evaluation")
 

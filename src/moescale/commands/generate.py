@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from moescale.commands import STDOUT, add_json_flag, emit_json
+from moescale.commands import STDOUT, add_checkpoint_flags, add_json_flag, emit_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,15 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seed of the sampling (default: a fresh one each time)",
     )
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        metavar="N",
-        help="intra-op CPU threads (default: from the free cores)",
-    )
+    add_checkpoint_flags(parser)
     add_json_flag(parser, "the prompt, the generated text and the settings")
 
 
