@@ -127,12 +127,33 @@ def _expert_shards(model: torch.nn.Module) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, ExpertParallelMoE)]
 
 
+def _sharded(model: torch.nn.Module) -> bool:
+    """Whether this rank holds only part of the parameters (FSDP's DTensors, expert shards)."""
+    return bool(_expert_shards(model)) or any(hasattr(p, "full_tensor") for p in model.parameters())
+
+
+def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each of the optimizer's parameters, in its own (index) order."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
 def full_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model's and the optimizer's full state in the single-process form (module doc).
-    Collective under torchrun (FSDP and expert shards are gathered): every rank calls it; only
-    rank 0's result is complete (the others may be empty)."""
+    Collective under torchrun when the model is sharded (FSDP and expert shards are gathered
+    with torch.distributed.checkpoint.state_dict): every rank calls it; only rank 0's result is
+    then complete. A replicated model (one process, DDP) needs no gathering, nor the 0.7 s
+    import of that module in every run: its optimizer state is only re-keyed by name."""
+    if not _sharded(model):
+        sd, names = optimizer.state_dict(), _param_names(model, optimizer)
+        optim_sd = {
+            "state": {names[i]: v for i, v in sd["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
+                             for g in sd["param_groups"]],
+        }  # fmt: skip
+        return model.state_dict(), optim_sd
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
@@ -156,14 +177,22 @@ def load_full_state(
     """Inverse of `full_state`, on every rank, each from the whole state (sharding it to this
     rank's part); a format-2 optimizer state (keyed by index) loads into a model whose
     parameters are those of the single-process one (one rank or DDP)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-    if any(isinstance(i, int) for g in optim_sd["param_groups"] for i in g["params"]):
-        if _expert_shards(model) or any(hasattr(p, "full_tensor") for p in model.parameters()):
-            raise ValueError("a format-2 checkpoint resumes on one rank or with DDP only")
+    by_index = any(isinstance(i, int) for g in optim_sd["param_groups"] for i in g["params"])
+    if not _sharded(model):
+        if not by_index:
+            index = {n: i for i, n in enumerate(_param_names(model, optimizer))}
+            optim_sd = {
+                "state": {index[n]: v for n, v in optim_sd["state"].items()},
+                "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
+                                 for g in optim_sd["param_groups"]],
+            }  # fmt: skip
         model.load_state_dict(model_sd)
         optimizer.load_state_dict(optim_sd)
         return
+    if by_index:
+        raise ValueError("a format-2 checkpoint resumes on one rank or with DDP only")
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
     if _expert_shards(model):
         from moescale.model.parallel import to_local_state
 
