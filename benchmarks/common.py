@@ -15,6 +15,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import platform
+import statistics
 from collections.abc import Iterator
 
 import torch
@@ -73,3 +74,20 @@ def machine_info(args: argparse.Namespace, threads_source: str) -> dict:
         "load_processes": args.load,
         "allocator": getattr(args, "allocator", ""),
     }
+
+
+def paired_ratio(num: list[float], den: list[float]) -> dict[str, float]:
+    """Ratio of two implementations timed in the same rounds: median and quartiles of the
+    per-round ratios. A round's two timings share that moment's load, so this spread is the
+    error bar of a quoted ratio."""
+    if len(num) != len(den) or not num:
+        raise ValueError(f"paired_ratio needs equal, non-empty rounds ({len(num)} vs {len(den)})")
+    ratios = sorted(a / b for a, b in zip(num, den, strict=True))
+    if len(ratios) == 1:
+        return {"median": ratios[0], "q25": ratios[0], "q75": ratios[0], "rounds": 1}
+    q25, _, q75 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return {"median": statistics.median(ratios), "q25": q25, "q75": q75, "rounds": len(ratios)}
+
+
+def fmt_ratio(r: dict[str, float]) -> str:
+    return f"{r['median']:.2f} [{r['q25']:.2f}-{r['q75']:.2f}]"

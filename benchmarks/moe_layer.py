@@ -28,7 +28,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from common import add_machine_flags, apply_threads, busy_load, machine_info  # noqa: E402
+from common import (  # noqa: E402
+    add_machine_flags,
+    apply_threads,
+    busy_load,
+    fmt_ratio,
+    machine_info,
+    paired_ratio,
+)
 
 from moescale.config import MoEConfig  # noqa: E402
 from moescale.model.moe import MoEFFN, SwiGLU  # noqa: E402
@@ -103,9 +110,9 @@ def step_fn(module, x, dy, add_batch_dim=False):
     return step
 
 
-def measure(fns: dict, repeats: int, device: str) -> dict[str, float]:
-    """Median ms per call; implementations interleaved round by round to share the noise.
-    An implementation that fails (out of memory, say) is reported and left out."""
+def measure(fns: dict, repeats: int, device: str) -> dict[str, list[float]]:
+    """ms per call in each round; implementations interleaved round by round to share the
+    noise. An implementation that fails (out of memory, say) is reported and left out."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats + 1):  # the first round warms up
         for name in list(times):
@@ -121,13 +128,13 @@ def measure(fns: dict, repeats: int, device: str) -> dict[str, float]:
                     torch.cuda.empty_cache()
                 continue
             times[name].append((time.perf_counter() - t) * 1e3)
-    return {k: statistics.median(v[1:]) for k, v in times.items()}
+    return {k: v[1:] for k, v in times.items()}
 
 
 def matmul_tflops(tokens: int, d_model: int, width: int, device, dtype, repeats: int) -> float:
     a = torch.randn(tokens, d_model, device=device, dtype=dtype)
     b = torch.randn(d_model, width, device=device, dtype=dtype)
-    ms = measure({"mm": lambda: a @ b}, repeats, str(device))["mm"]
+    ms = statistics.median(measure({"mm": lambda: a @ b}, repeats, str(device))["mm"])
     return 2 * tokens * d_model * width / (ms * 1e-3) / 1e12
 
 
@@ -149,7 +156,7 @@ def main() -> None:
     threads_source = apply_threads(args)
     with busy_load(args.load):
         rows, default_impl = run_all(args)
-    summarize(rows, args)
+    rows += summarize(rows, args)
     if args.json:
         machine = machine_info(args, threads_source)
         machine.update(device=args.device, hf_default_impl=default_impl)
@@ -205,15 +212,16 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict], str | None]:
             err = float((ours - theirs).abs().max() / ours.abs().max())
             if err > 1e-4:
                 raise SystemExit(f"transformers block disagrees with ours at G={g}: rel err {err}")
-        ms = measure(fns, args.repeats, args.device)
-        hf = {name[3:]: t for name, t in ms.items() if name.startswith("hf_")}
+        rounds = measure(fns, args.repeats, args.device)
+        hf = {name[3:]: t for name, t in rounds.items() if name.startswith("hf_")}
         if hf:
-            fastest = min(hf, key=hf.get)
-            ms["hf_fastest"] = hf[fastest]
+            fastest = min(hf, key=lambda impl: statistics.median(hf[impl]))
+            rounds["hf_fastest"] = hf[fastest]
             notes["hf_fastest"] = fastest
             if default_impl in hf:
-                ms["hf_default"] = hf[default_impl]
+                rounds["hf_default"] = hf[default_impl]
                 notes["hf_default"] = default_impl
+        ms = {name: statistics.median(t) for name, t in rounds.items()}
         order = ["grouped", "reference", "hf_default", "hf_fastest", "dense"]
         for name in order + sorted(k_ for k_ in ms if k_.startswith("hf_") and k_ not in order):
             if name not in ms:
@@ -222,6 +230,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict], str | None]:
                 "impl": name,
                 "granularity": g,
                 "ms": round(ms[name], 3),
+                "ms_all": [round(t, 3) for t in rounds[name]],
                 "d_model": d,
                 "d_ff": ff,
                 "experts": args.experts,
@@ -258,16 +267,21 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict], str | None]:
     return rows, default_impl
 
 
-def summarize(rows: list[dict], args: argparse.Namespace) -> None:
+def summarize(rows: list[dict], args: argparse.Namespace) -> list[dict]:
+    """The ratios the README quotes, each the median and quartiles of its per-round ratios
+    (rows of kind "ratio" in the JSON)."""
+    print("time ratios to grouped: median [quartiles] over rounds")
+    out = []
     for g in args.granularity:
-        by = {r["impl"]: r.get("ms") for r in rows if r["granularity"] == g and "ms" in r}
+        by = {r["impl"]: r["ms_all"] for r in rows if r["granularity"] == g and "ms_all" in r}
         parts = [f"G={g}:"]
-        if "hf_default" in by:
-            parts.append(f"hf_default/grouped {by['hf_default'] / by['grouped']:.2f}x")
-        if "hf_fastest" in by:
-            parts.append(f"hf_fastest/grouped {by['hf_fastest'] / by['grouped']:.2f}x")
-        parts.append(f"dense/grouped {by['dense'] / by['grouped']:.2f}")
+        for peer in ("hf_default", "hf_fastest", "dense"):
+            if peer in by:
+                ratio = paired_ratio(by[peer], by["grouped"])
+                out.append({"impl": "ratio", "granularity": g, "of": f"{peer}/grouped", **ratio})
+                parts.append(f"{peer}/grouped {fmt_ratio(ratio)}")
         print("  ".join(parts))
+    return out
 
 
 if __name__ == "__main__":

@@ -27,7 +27,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from common import add_machine_flags, apply_threads, busy_load, machine_info  # noqa: E402
+from common import (  # noqa: E402
+    add_machine_flags,
+    apply_threads,
+    busy_load,
+    fmt_ratio,
+    machine_info,
+    paired_ratio,
+)
 
 from moescale.accounting import count  # noqa: E402
 from moescale.config import ModelConfig, MoEConfig, TrainConfig  # noqa: E402
@@ -135,9 +142,11 @@ def main() -> None:
             "batch": args.batch, "seq_len": args.seq_len,
         })  # fmt: skip
     by = {r["impl"]: r for r in rows}
-    for r in rows:
+    for r in rows:  # throughput ratios: the peer's step time over this one's, round by round
         r["vs_g1"] = r["tokens_per_s"] / by["moe_g1"]["tokens_per_s"]
         r["vs_dense"] = r["tokens_per_s"] / by["dense"]["tokens_per_s"]
+        r["vs_g1_rounds"] = paired_ratio(times["moe_g1"], times[r["impl"]])
+        r["vs_dense_rounds"] = paired_ratio(times["dense"], times[r["impl"]])
 
     machine = machine_info(args, threads_source)
     machine.update({
@@ -157,6 +166,10 @@ def main() -> None:
         print(f"{r['impl']:<8} {r['params_total'] / 1e6:>7.2f}M {r['params_active'] / 1e6:>7.2f}M "
               f"{r['ms']:>9.1f} {r['tokens_per_s']:>9.0f} {100 * r['mfu']:>5.1f}% "
               f"{r['vs_g1']:>6.2f} {r['vs_dense']:>8.2f}")  # fmt: skip
+    print("per-round throughput ratios, median [quartiles]: "
+          f"G8/G1 {fmt_ratio(by['moe_g8']['vs_g1_rounds'])}, "
+          f"G1/dense {fmt_ratio(by['moe_g1']['vs_dense_rounds'])}, "
+          f"G8/dense {fmt_ratio(by['moe_g8']['vs_dense_rounds'])}")  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")

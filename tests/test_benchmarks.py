@@ -32,16 +32,24 @@ def test_moe_layer_benchmark_runs(tmp_path):
     impls = {r["impl"] for r in rows}
     assert {"grouped", "reference", "dense"} <= impls
     assert all(r["ms"] > 0 for r in rows if "ms" in r)
+    ratios = [r for r in rows if r["impl"] == "ratio" and r["of"] == "dense/grouped"]
+    assert [r["granularity"] for r in ratios] == [1, 4]
+    assert all(r["q25"] <= r["median"] <= r["q75"] and r["rounds"] == 1 for r in ratios)
 
 
 def test_train_step_benchmark_runs(tmp_path):
     rows = run_bench(
         tmp_path, "train_step.py", "--d-model", "32", "--layers", "1", "--heads", "2",
         "--d-ff", "64", "--vocab", "256", "--seq-len", "32", "--batch", "4", "--warmup", "1",
-        "--repeats", "1",
+        "--repeats", "3",
     )  # fmt: skip
     assert {r["impl"] for r in rows} == {"dense", "moe_g1", "moe_g8"}
     assert all(r["tokens_per_s"] > 0 for r in rows)
+    for r in rows:
+        spread = r["vs_g1_rounds"]
+        assert spread["rounds"] == 3 and spread["q25"] <= spread["median"] <= spread["q75"]
+        if r["impl"] == "moe_g1":  # its own peer: every round's ratio is exactly 1
+            assert spread["q25"] == spread["q75"] == 1.0
 
 
 @pytest.mark.skipif(not EPOCH.exists(), reason="Epoch's points are not beside the repository")
