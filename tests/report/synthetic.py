@@ -167,11 +167,13 @@ def synthetic_study(seed: int = 0, hyper: bool = True, two_e: bool = True,
             rows, cur = _hyper_runs(variant, e, rng, law)
             results += rows
             curves += cur
-    # a worse seed of one configuration, and a failed run: neither may change the ladder
-    worse = dict(results[0], run=results[0]["run"] + "-s1", seed=1,
-                 val_loss=results[0]["val_loss"] + 0.05)  # fmt: skip
+    # two more seeds of one configuration, symmetric about the first (the mean stays), and a
+    # failed run: neither may change the ladder's losses
+    first = results[0]
+    seeds = [dict(first, run=first["run"] + f"-s{s}", seed=s, val_loss=first["val_loss"] + d)
+             for s, d in ((1, 0.05), (2, -0.05))]  # fmt: skip
     failed = dict(results[1], run="failed-run", status="failed", val_loss=None)
-    return results + [worse, failed], curves
+    return results + seeds + [failed], curves
 
 
 def minimal_study() -> tuple[list[dict], list[dict]]:

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from moescale.study.analysis_data import VARIANTS, stitched_curves
+from moescale.study.analysis_data import VARIANTS, ladder, stitched_curves
 from tests.report.synthetic import DENSE, KRAJ, analysis, counts, moe_loss, study
 
 SECTIONS = ("schema", "data", "points", "laws", "frontier", "isoflop", "plans",
@@ -29,14 +29,41 @@ def test_every_section_is_present_and_json_serialisable() -> None:
                 assert isinstance(sec["skipped"], str) and sec["skipped"]
 
 
-def test_ladder_takes_the_best_seed_and_leaves_out_unfinished_runs() -> None:
+def test_ladder_averages_seeds_and_leaves_out_unfinished_runs() -> None:
     a = analysis("full")
     assert a["data"]["ladder_points"] == {"dense": 16, "moe": 18, "fine-grained": 9}
     runs = {p["run"] for v in VARIANTS for p in a["points"][v]}
-    assert "failed-run" not in runs and not any(r.endswith("-s1") for r in runs)
+    assert "failed-run" not in runs and not any(r.endswith(("-s1", "-s2")) for r in runs)
     seeds = [p["seeds"] for p in a["points"]["dense"]]
-    assert max(seeds) == 2 and sum(seeds) == 17
+    assert max(seeds) == 3 and sum(seeds) == 18
     assert any("not finished" in n for n in a["data"]["notes"])
+
+
+def _seed_rows(variant: str, losses: list[float], val_se: float = 0.002) -> list[dict]:
+    base = {"variant": variant, "params_active": 1e6, "params_total": 1e6, "tokens": 2e7,
+            "experts": 1 if variant == "dense" else 8, "top_k": 1, "granularity": 1,
+            "status": "done", "val_loss_se": val_se}  # fmt: skip
+    return [dict(base, run=f"{variant}-s{s}", seed=s, val_loss=v) for s, v in enumerate(losses)]
+
+
+def test_seeds_reduce_to_their_mean_with_the_seed_spread_in_the_error() -> None:
+    """Two architectures of equal mean loss, one noisier across seeds: the best seed would make
+    the noisy one win by 0.1; the mean makes them equal, and its error carries the spread."""
+    rng = np.random.default_rng(0)
+    calm = list(3.0 + rng.normal(0, 0.005, 4))
+    noisy = list(3.0 + np.array([-0.15, -0.05, 0.05, 0.15]))
+    calm = [v - np.mean(calm) + 3.0 for v in calm]
+    lad = ladder(_seed_rows("dense", calm) + _seed_rows("moe", noisy))
+    (d,), (m,) = lad.points["dense"], lad.points["moe"]
+    assert d.loss == pytest.approx(3.0) and m.loss == pytest.approx(3.0)
+    assert (d.seeds, m.seeds) == (4, 4) and d.run == "dense-s0" and m.run == "moe-s0"
+    spread = np.std(noisy, ddof=1) / 2  # sample deviation / sqrt(4 seeds)
+    assert m.loss_se == pytest.approx(np.hypot(spread, 0.002))
+    assert d.loss_se < m.loss_se / 5
+    assert m.group == "+".join(f"moe-s{s}" for s in range(4))
+    # one seed: the validation error alone, as before
+    (one,) = ladder(_seed_rows("dense", [3.1])).points["dense"]
+    assert (one.loss, one.loss_se, one.seeds) == (3.1, 0.002, 1)
 
 
 def test_laws_recover_the_exponents_they_were_built_with() -> None:

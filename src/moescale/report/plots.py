@@ -68,7 +68,7 @@ def _law_panel(ax: Axes, a: Mapping[str, Any], v: str) -> None:
         edgecolor="white",
         linewidth=0.5,
         zorder=3,
-        label="runs (best seed)",
+        label="runs (mean of seeds)",
     )
     cs, ys = [p["compute"] for p in pts], [p["loss"] for p in pts]
     if not skipped(front):

@@ -3,7 +3,8 @@
 Why: a law extrapolates; a matched pair of runs does not. Two runs with the same N_active and
 the same tokens were trained on the same compute (C = 6·N_active·D; the router is the only
 difference), so their loss difference is a measured equal-compute comparison, with the
-standard errors of the two validation losses. Three readings:
+standard errors of the two points (the validation set's, plus the seed spread where a point has
+several seeds: analysis_data.seed_point). Three readings:
 
 - `matched`: dense vs MoE, dense vs fine-grained and MoE vs fine-grained (same E and k) at equal
   N_active (within 5 %) and D (within 2 %);

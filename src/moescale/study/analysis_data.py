@@ -10,7 +10,11 @@ as numbers, numeric strings or None.
 
 - A **ladder point** is a results row with `hyper == ""` (not a hyperparameter-axis run), status
   done and a finite val_loss; seeds of one configuration (variant, E, G, k, N, D) are reduced to
-  their best val_loss, as `moescale fit --best-of val_loss` does.
+  their mean val_loss, with a standard error that adds the seed spread to the validation set's.
+  Not the best seed: the minimum of n draws is lower the noisier the architecture, and seed
+  noise can differ by architecture, so keeping the best seed would hand the noisier one a win.
+  With one seed the error is the validation set's alone: seed-to-seed variation is then in no
+  interval.
 - **Compute** is C = 6·N_active·D (`flops_simple`, N_active with router): the convention the
   laws engine's fits and plans assume, so a measured point and a fitted frontier are on one
   axis. The exact FLOPs are kept beside it (`flops_exact`).
@@ -23,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -97,9 +101,10 @@ def mode(values: Iterable[float]) -> float:
 
 @dataclass(frozen=True)
 class Point:
-    """One ladder point: the best seed of one (variant, E, G, k, N, D) configuration.
-    `group` is the bootstrap's unit: a WSD branch shares its trunk's (their losses are
-    correlated), every other run is its own."""
+    """One ladder point: the seeds of one (variant, E, G, k, N, D) configuration (module doc;
+    `run` is the lowest seed's, whose curve stands for the point). `group` is the bootstrap's
+    unit: a WSD branch shares its trunk's (their losses are correlated), every other run is its
+    own; a point of several seeds joins its runs' groups."""
 
     run: str
     group: str
@@ -166,6 +171,23 @@ class Ladder:
         return [p for v in VARIANTS for p in self.points.get(v, [])]
 
 
+def seed_point(rows: Sequence[Mapping[str, Any]]) -> Point:
+    """The seeds of one configuration as one point (module doc): mean val_loss; standard error
+    sqrt(s²/n + se_val²), s the seeds' sample deviation and se_val the mean of their validation
+    errors (every run is scored on the same windows, so that part does not shrink with n)."""
+    rows = sorted(rows, key=lambda r: (num(r.get("seed")) if math.isfinite(num(r.get("seed")))
+                                       else math.inf, text(r.get("run"))))  # fmt: skip
+    loss = np.array([num(r.get("val_loss")) for r in rows])
+    val_se = np.array([num(r.get("val_loss_se")) for r in rows])
+    se = float(np.mean(val_se)) if np.all(np.isfinite(val_se)) else math.nan
+    if len(rows) > 1:
+        spread = float(np.var(loss, ddof=1)) / len(rows)
+        se = math.sqrt(spread + (se**2 if math.isfinite(se) else 0.0))
+    groups = sorted({text(r.get("branch_of")) or text(r.get("run")) for r in rows})
+    p = _point(rows[0], len(rows))
+    return replace(p, loss=float(np.mean(loss)), loss_se=se, group="+".join(groups))
+
+
 def usable(row: Mapping[str, Any]) -> bool:
     """A finished run with a finite, positive val_loss, N and D."""
     status = text(row.get("status")) or "done"
@@ -191,7 +213,7 @@ def one_tokenizer(rows: list[Mapping[str, Any]], notes: list[str]) -> list[Mappi
 
 def ladder(results: Sequence[Mapping[str, Any]]) -> Ladder:
     """Ladder points per variant (module doc): hyperparameter-axis runs, unfinished runs and
-    runs without a finite loss are left out and counted; seeds reduce to their best loss."""
+    runs without a finite loss are left out and counted; seeds reduce to their mean loss."""
     notes: list[str] = []
     ok = [r for r in results if usable(r)]
     if len(ok) < len(results):
@@ -199,24 +221,24 @@ def ladder(results: Sequence[Mapping[str, Any]]) -> Ladder:
                      "runs with a finite val_loss, N and D; left out")  # fmt: skip
     ok = one_tokenizer(ok, notes)
     hyper = [r for r in ok if text(r.get("hyper"))]
-    best: dict[tuple[Any, ...], tuple[Mapping[str, Any], int]] = {}
+    configs: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for r in ok:
         if text(r.get("hyper")):
             continue
         key = (variant_of(r), *(round(num(r.get(k)), 6) for k in ("experts", "granularity",
                "top_k", "params_active", "params_total", "tokens")))  # fmt: skip
-        prev = best.get(key)
-        if prev is None:
-            best[key] = (r, 1)
-        else:
-            pick = r if num(r.get("val_loss")) < num(prev[0].get("val_loss")) else prev[0]
-            best[key] = (pick, prev[1] + 1)
+        configs.setdefault(key, []).append(r)
     points: dict[str, list[Point]] = {v: [] for v in VARIANTS}
-    for row, seeds in best.values():
-        p = _point(row, seeds)
+    for rows in configs.values():
+        p = seed_point(rows)
         points[p.variant].append(p)
     for v in points:
         points[v].sort(key=lambda p: (p.experts, p.granularity, p.n_active, p.tokens))
+    single = sum(1 for pts in points.values() for p in pts if p.seeds == 1)
+    if single:
+        notes.append(f"{single} of {len(configs)} ladder points have one seed: their intervals "
+                     "hold the validation set's error but not seed-to-seed variation (add seeds "
+                     "to the study's `seeds` to measure it)")  # fmt: skip
     return Ladder(points, notes, runs=len(ok), hyper_runs=len(hyper))
 
 
