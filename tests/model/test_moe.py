@@ -193,10 +193,12 @@ ROUTERS = [("softmax_after_topk", {}), ("softmax_before_topk", {}),
            ("sigmoid", {"normalize_topk": False}), ("expert_choice", {})]  # fmt: skip
 
 
-def test_output_scale_at_init_does_not_depend_on_the_router():
+@pytest.mark.parametrize("init", ["forward_scale", "scaled_weights"])
+def test_output_scale_at_init_does_not_depend_on_the_router(init):
     """A study compares a Switch-style top-1 MoE (softmax before top-k: kept weights ~1/(E*G))
-    with a fine-grained one (softmax after top-k: ~1/(k*G)); the forward multiplier must start
-    both at a dense layer's output scale, or the recipe handicaps one architecture."""
+    with a fine-grained one (softmax after top-k: ~1/(k*G)); the forward multiplier (or, with
+    scaled_weights, the init std) must start both at a dense layer's output scale, or the
+    recipe handicaps one architecture."""
     torch.manual_seed(0)
     x = torch.randn(2048, 64)
     stds = {}
@@ -204,13 +206,15 @@ def test_output_scale_at_init_does_not_depend_on_the_router():
         for g, k in ((1, 1), (4, 1), (2, 2)):
             if router == "softmax_after_topk" and k * g == 1:
                 continue  # refused by validation (no router gradient)
-            cfg = MoEConfig(experts=8, granularity=g, top_k=k, router=router, **extra)
+            cfg = MoEConfig(experts=8, granularity=g, top_k=k, router=router, expert_init=init,
+                            **extra)  # fmt: skip
             layer = MoEFFN(64, 256, cfg)
             layer.init_weights(0.02, 0.02 / math.sqrt(8))
             with torch.no_grad():
                 stds[(router, str(extra), g, k)] = float(layer(x)[0].std()) / math.sqrt(k)
     # the kept softmax probability is the largest of E*G, a little above 1/(E*G): within 1.5x
-    # (before the multiplier followed the router, Switch's top-1 layer started 8x smaller)
+    # (before the multiplier followed the router, Switch's top-1 layer started 8x smaller, and
+    # with scaled_weights it did until its init std followed the router too)
     assert max(stds.values()) / min(stds.values()) < 1.5, stds
 
 

@@ -136,3 +136,17 @@ def test_ladder_by_target_size_picks_the_nearest_depth(tmp_path: Path):
         assert 0.5 < n / target < 2.0  # the nearest depth under d_model = 32 x n_layers
     with pytest.raises(ConfigError, match="not both"):
         expand(spec(ladder={"params": [1e5], "n_layers": [2]}), "s", base_dir=tmp_path)
+
+
+def test_an_ablation_expert_init_across_architectures_is_said(tmp_path: Path, caplog):
+    with caplog.at_level("WARNING", logger="moescale.study.grid"):
+        expand(spec(), "s", base_dir=tmp_path)
+    assert not caplog.records  # the default init: nothing to say
+    data = spec()
+    data["base"]["model"]["moe"] = {"expert_init": "scaled_weights"}
+    with caplog.at_level("WARNING", logger="moescale.study.grid"):
+        study = expand(data, "s", base_dir=tmp_path)
+    moe_inits = {r.config["model"]["moe"]["expert_init"] for r in study.runs if r.arch != "dense"}
+    assert moe_inits == {"scaled_weights"}
+    (rec,) = caplog.records
+    assert "fg, moe use expert_init scaled_weights" in rec.getMessage()

@@ -212,15 +212,16 @@ class MoEFFN(nn.Module):
 
         A token's output is a weighted sum over k*G experts whose weights are about 1/(k*G) at
         init, so without compensation a fine-grained layer's output variance shrinks like 1/G^2.
-        `forward_scale` (default) multiplies the experts' output by k*G in the forward pass and
+        `forward_scale` (default) multiplies the experts' output by one over a kept weight at
+        init (k*G when renormalised; `forward_scale()` has every router) in the forward pass and
         draws the down-projection N(0, out_std): the output scale at init equals a dense SwiGLU
         of hidden k*d_ff whatever G, and so does the relative size of an optimizer step (Adam
         moves each weight by about lr whatever its scale). `scaled_weights` draws the
-        down-projection N(0, out_std * k*G) instead: the same output at init, but its relative
-        update shrinks like 1/G, so fine-grained layers learn slower. `fan_in` draws every
+        down-projection N(0, out_std * that factor) instead: the same output at init, but its
+        relative update shrinks like 1/G, so fine-grained layers learn slower. `fan_in` draws every
         expert weight with the std of its dense-equivalent fan-in (1/sqrt(d_model) in,
         1/sqrt(k*d_ff) out, depth-scaled like out_std), without multiplier."""
-        k, cfg = self.cfg.active_experts, self.cfg
+        cfg = self.cfg
         nn.init.normal_(self.router.weight, std=std)
         if cfg.expert_init == "fan_in":
             d_model, depth = self.w13_XDH.shape[1], out_std / std
@@ -228,7 +229,9 @@ class MoEFFN(nn.Module):
             nn.init.normal_(self.w2_XFD, std=depth * (cfg.top_k * self.d_ff) ** -0.5)
         else:
             nn.init.normal_(self.w13_XDH, std=std)
-            scale = k if cfg.expert_init == "scaled_weights" else 1
+            # scaled_weights: forward_scale's factor (router-dependent: E*G for unnormalised
+            # softmax), moved from the forward pass into the init std
+            scale = forward_scale(cfg) if cfg.expert_init == "scaled_weights" else 1.0
             nn.init.normal_(self.w2_XFD, std=out_std * scale)
         if self.shared is not None:
             nn.init.normal_(self.shared.w1.weight, std=std)

@@ -11,6 +11,7 @@ is the very run a separate training to that budget would have been, minus the sh
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from moescale.study.spec import (
     token_budgets,
 )
 
+logger = logging.getLogger(__name__)
 HYPER_KEYS = {"batch_size", "lr", "sizes", "architectures", "tokens"}
 
 
@@ -108,7 +110,23 @@ def grid_runs(data: Mapping[str, Any], base: dict[str, Any], out_dir: Path) -> l
                 tag += f"-s{seed}" if len(seeds) > 1 else ""
                 runs += model_runs(arch, i, config, budgets, branches, out_dir, tag)
     runs += hyper_runs(data.get("hyper"), base, shapes, archs, data["tokens"], out_dir)
+    if len(archs) > 1:
+        _warn_ablation_inits(runs)
     return runs
+
+
+def _warn_ablation_inits(runs: list[Run]) -> None:
+    """`fan_in` and `scaled_weights` expert inits make the layer's output scale or its update
+    size depend on G (README, Initialisation): a comparison across architectures then measures
+    the init too. Allowed, as an ablation, but never silently."""
+    moe = {r.arch: r.config.get("model", {}).get("moe") or {} for r in runs}
+    inits = {a: m.get("expert_init", "forward_scale") for a, m in moe.items() if m.get("experts")}
+    odd = {a: i for a, i in inits.items() if i != "forward_scale"}
+    if odd:
+        logger.warning("architectures %s use expert_init %s: their output scale at init or their "
+                       "update size depends on G, so the comparison measures the init as well as "
+                       "the architecture (the default, forward_scale, does not)",
+                       ", ".join(sorted(odd)), "/".join(sorted(set(odd.values()))))  # fmt: skip
 
 
 def model_config(base: dict, shape: Mapping, arch: Arch, seed: int, where: str) -> dict:
