@@ -88,3 +88,32 @@ def test_cuda_grouped_mm_path_matches_reference_in_float64(G):
     assert rel_err(y.double(), y_ref) < 2e-2
     for a, b in zip(grads, g_ref, strict=True):
         assert rel_err(a.double(), b) < 3e-2
+
+
+def _bf16_errors(g: int) -> list[float]:
+    """Relative error of the grouped backend in bf16 against the reference in float64: output
+    and input gradient, on one routing at granularity g (E 8, k 2)."""
+    n_tok, d, d_ff, n_exp, k = 2048, 64, 256, 8, 2
+    x_TD = torch.randn(n_tok, d)
+    idx_TK = torch.randn(n_tok, n_exp * g).topk(k * g, 1).indices
+    weights = (torch.rand(n_tok, k * g) + 0.5, torch.randn(n_exp * g, d, 2 * d_ff // g) * d**-0.5,
+               torch.randn(n_exp * g, d_ff // g, d) * (d_ff // g) ** -0.5)  # fmt: skip
+    dy_TD = torch.randn(n_tok, d)
+    out = {}
+    for dtype, backend in ((torch.float64, "reference"), (torch.bfloat16, "grouped")):
+        x = x_TD.to(dtype).requires_grad_()
+        y = expert_forward(x, idx_TK, *(w.to(dtype) for w in weights), backend=backend)
+        y.backward(dy_TD.to(dtype))
+        out[backend] = (y.detach().double(), x.grad.double())
+    return [float((o - r).norm() / r.norm())
+            for o, r in zip(out["grouped"], out["reference"], strict=True)]  # fmt: skip
+
+
+def test_bf16_error_does_not_grow_with_granularity():
+    """In bf16 (CPU autocast, GPUs without grouped GEMM) a token's k*G slot outputs are summed in
+    float32: summed in bf16, the output's error against a float64 reference grew from 0.62 %
+    at G 1 to 0.91 % at G 16, a handicap that grows with the quantity the study varies."""
+    torch.manual_seed(0)
+    at_g1, at_g16 = _bf16_errors(1), _bf16_errors(16)
+    for e1, e16 in zip(at_g1, at_g16, strict=True):  # output, input gradient
+        assert e16 < 1.1 * e1, (at_g1, at_g16)

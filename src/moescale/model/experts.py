@@ -69,7 +69,8 @@ class _LoopExperts(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_TD, w_M, w13_XDH, w2_XFD, tok_M, counts):
         n_hidden = w2_XFD.shape[1]
-        y_TD = torch.zeros_like(x_TD)
+        # a token's k*G slots are summed in float32 (a bf16 sum's error would grow with G)
+        y_TD = torch.zeros_like(x_TD, dtype=torch.float32)
         ab_MH = x_TD.new_empty(tok_M.shape[0], 2 * n_hidden)  # gate and up pre-activations
         start = 0
         for e, n in enumerate(counts):
@@ -80,18 +81,18 @@ class _LoopExperts(torch.autograd.Function):
             ab = torch.mm(x_TD.index_select(0, tok), w13_XDH[e], out=ab_MH[sl])
             a, b = ab[:, :n_hidden], ab[:, n_hidden:]
             g = F.silu(a).mul_(b).mul_(w_M[sl, None])
-            y_TD.index_add_(0, tok, g @ w2_XFD[e])
+            y_TD.index_add_(0, tok, (g @ w2_XFD[e]).float())  # .float(): no-op in float32
             start += n
         ctx.counts = counts
         ctx.save_for_backward(x_TD, w_M, w13_XDH, w2_XFD, tok_M, ab_MH)
-        return y_TD
+        return y_TD.to(x_TD.dtype)
 
     @staticmethod
     def backward(ctx, dy_TD):
         x_TD, w_M, w13_XDH, w2_XFD, tok_M, ab_MH = ctx.saved_tensors
         n_hidden = w2_XFD.shape[1]
         dy_TD = dy_TD.contiguous()
-        dx_TD = torch.zeros_like(x_TD)
+        dx_TD = torch.zeros_like(x_TD, dtype=torch.float32)
         dw_M = torch.zeros_like(w_M)
         dw13 = torch.zeros_like(w13_XDH)
         dw2 = torch.zeros_like(w2_XFD)
@@ -117,9 +118,9 @@ class _LoopExperts(torch.autograd.Function):
             # one fused pass for d silu(a) / da (recomputing the sigmoid was 5 passes over M x F)
             silu_backward(dg.mul_(b), a, grad_input=dab[:, :n_hidden])
             torch.mm(x.T, dab, out=dw13[e])
-            dx_TD.index_add_(0, tok, dab @ w13_XDH[e].T)
+            dx_TD.index_add_(0, tok, (dab @ w13_XDH[e].T).float())
             start += n
-        return dx_TD, dw_M, dw13, dw2, None, None
+        return dx_TD.to(x_TD.dtype), dw_M, dw13, dw2, None, None
 
 
 def _grouped_mm_ok(x: torch.Tensor) -> bool:
