@@ -295,3 +295,24 @@ def test_expert_choice_fills_every_expert_exactly():
     r = route(torch.randn(64, 8), cfg)
     assert r.stats.tokens_per_expert.tolist() == [16] * 8  # capacity 64 * 2 / 8
     assert float(r.stats.aux_loss) == 0.0
+
+
+def test_capacity_binds_in_training_only():
+    """Evaluation is dropless: a token's output does not depend on the rest of its batch (nor
+    on the evaluation batch size, which a batch-size axis changes between runs)."""
+    torch.manual_seed(0)
+    capped = MoEFFN(32, 64, MoEConfig(experts=4, granularity=2, top_k=1, capacity_factor=0.5))
+    capped.init_weights(0.1, 0.05)
+    free = MoEFFN(32, 64, MoEConfig(experts=4, granularity=2, top_k=1))
+    free.load_state_dict(capped.state_dict())
+    x = torch.randn(3, 40, 32)
+    y_train, stats = capped(x)
+    assert float(stats.dropped_frac) > 0.3
+    capped.eval()
+    with torch.no_grad():
+        y_eval, stats = capped(x)
+        alone = torch.cat([capped(x[i : i + 1])[0] for i in range(3)])
+        y_free, _ = free(x)
+    assert float(stats.dropped_frac) == 0.0
+    assert torch.allclose(y_eval, alone, atol=1e-6) and torch.allclose(y_eval, y_free)
+    assert not torch.allclose(y_train.detach(), y_eval, atol=1e-3)

@@ -14,10 +14,10 @@ smaller stride gives every token at least seq_len - stride tokens of context, at
 seq_len / stride times the compute (the sliding-window perplexity of Press et al. 2021).
 
 Windows are batched longest first and padded on the right, which leaves a causal model's
-scores unchanged. MoE layers with a capacity limit or expert-choice routing let the tokens of a
-batch (padding included) compete for experts, so their scores depend on the batch, as during
-training's evaluation; dropless token-choice MoE (the default) and dense models score every
-window as they would alone.
+scores unchanged. Expert-choice routing lets the tokens of a batch (padding included) compete
+for experts, so its scores depend on the batch, as during training's evaluation; token-choice
+MoE (a capacity factor binds in training only) and dense models score every window as they
+would alone.
 """
 
 from __future__ import annotations

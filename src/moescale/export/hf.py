@@ -66,12 +66,6 @@ def refusals(cfg: ModelConfig) -> list[str]:
             "model.moe.router: expert_choice lets experts pick tokens across the batch (not "
             f"causal); transformers' MoE models route each token on its own; {keep}."
         )
-    if moe.capacity_factor is not None and moe.router != "expert_choice":
-        out.append(
-            f"model.moe.capacity_factor: {moe.capacity_factor} drops the slots over an "
-            "expert's capacity, which depends on the whole batch; transformers' MoE models "
-            "drop nothing; export a run trained with capacity_factor: null (dropless)."
-        )
     return out
 
 

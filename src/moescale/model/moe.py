@@ -55,12 +55,15 @@ def route(
     cfg: MoEConfig,
     bias_X: torch.Tensor | None = None,
     prior_counts_X: torch.Tensor | None = None,
+    drop: bool = True,
 ) -> Routing:
     """Pick experts for each token and their weights; compute losses and metrics. Float32.
 
     `prior_counts_X`: slots per expert already routed by earlier micro-batches of the same
     optimizer step; with them the balancing loss uses the step's loads so far (global-batch
-    balancing, `balance_scope: step`), not only this micro-batch's."""
+    balancing, `balance_scope: step`), not only this micro-batch's. `drop=False` ignores
+    `capacity_factor` (evaluation and generation run dropless); expert choice keeps its
+    capacity, which is its routing rule."""
     logits_TX = logits_TX.float()
     if cfg.router == "expert_choice":
         return _expert_choice(logits_TX, cfg)
@@ -91,7 +94,7 @@ def route(
     z_loss = torch.logsumexp(logits_TX, -1).square().mean()
 
     dropped_frac = logits_TX.new_zeros(())
-    if cfg.capacity_factor is not None:
+    if cfg.capacity_factor is not None and drop:
         capacity = math.ceil(n_tok * k * cfg.capacity_factor / n_exp)
         priority = weight_TK.detach() if cfg.capacity_policy == "weight" else None
         expert_idx_TK, n_dropped = apply_capacity(expert_idx_TK, n_exp, capacity, priority)
@@ -183,7 +186,10 @@ def route_tokens(
     with torch.autocast(x_TD.device.type, enabled=False):
         logits_TX = F.linear(x_TD.float(), layer.router.weight.float())
     bias = layer.expert_bias_X if layer.cfg.bias_update_rate > 0 else None
-    r = route(logits_TX, layer.cfg, bias, prior_counts_X)
+    # capacity binds in training only: a capacity over the forward's tokens would make an
+    # evaluated token's loss depend on the other tokens of its batch (later ones included) and
+    # on the evaluation batch size, which differs between runs of a batch-size axis
+    r = route(logits_TX, layer.cfg, bias, prior_counts_X, drop=layer.training)
     weight_TK = r.weight_TK * layer.out_scale if layer.out_scale != 1.0 else r.weight_TK
     return r, weight_TK
 
