@@ -4,6 +4,7 @@ transformers loads out (tokenizer included), written whole or not at all."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,11 @@ def test_tokenizer_round_trips_through_auto_tokenizer(tmp_path: Path, tokenizer:
     assert hf.eos_token_id == hf.bos_token_id == eos
     generation = json.loads((tmp_path / "out" / "generation_config.json").read_text())
     assert generation == {"bos_token_id": eos, "eos_token_id": eos}
+    # every file readable by others, as a plain write would leave it (safetensors writes 0600)
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in (tmp_path / "out").iterdir():
+        assert p.stat().st_mode & 0o777 == 0o666 & ~mask, p.name
 
 
 def add_checkpoint(run_dir: Path, net: torch.nn.Module, cfg: Config, step: int) -> None:

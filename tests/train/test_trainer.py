@@ -124,6 +124,29 @@ def test_non_finite_loss_fails_with_step_and_keeps_checkpoint(tmp_path, tiny_dat
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_00000010.pt"]
 
 
+def test_divergence_before_any_checkpoint_says_so(tmp_path, tiny_data, monkeypatch):
+    real = step_mod.lm_loss
+    monkeypatch.setattr(step_mod, "lm_loss", lambda lg, tg: real(lg, tg) * math.nan)
+    with log_lines() as lines:
+        out = train(tiny_config(tmp_path / "run"), data=tiny_data)
+    assert (out.status, out.failed_step, out.last_checkpoint, out.steps) == ("failed", 1, None, 0)
+    assert any("no checkpoint of this run precedes it" in line for line in lines), lines
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any(
+        (tmp_path / "run" / "checkpoints").iterdir()
+    )
+    with log_lines() as lines:  # the re-run says it starts over (and fails the same way)
+        train(tiny_config(tmp_path / "run"), data=tiny_data)
+    assert any("no checkpoint was kept: starting over" in line for line in lines), lines
+
+
+def test_a_corpus_that_matches_no_file_leaves_no_run_directory(tmp_path: Path):
+    cfg = tiny_config(tmp_path / "runs" / "x")
+    cfg.data.corpus = [str(tmp_path / "missing" / "*.txt")]
+    with pytest.raises(UserError, match="data.corpus: .* matches no file"):
+        train(cfg)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_config_errors_name_the_key(tmp_path: Path, tiny_data):
     with pytest.raises(ConfigError, match="train.tokens"):
         train(tiny_config(tmp_path / "a", tokens=100), data=tiny_data)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from moescale.data.bundled import load_bundled
 from moescale.data.documents import SplitCorpus
-from moescale.data.user_files import load_user_files
+from moescale.data.user_files import expand_paths, load_user_files
 
 
 def load_corpus(
@@ -24,7 +24,22 @@ def load_corpus(
     The bundled corpus has its own fixed validation fraction; `val_fraction` applies to the
     user's files only.
     """
-    if corpus == "bundled" or corpus == ["bundled"]:
+    patterns = user_patterns(corpus)
+    if patterns is None:
         return load_bundled(cache_dir)
-    patterns = [corpus] if isinstance(corpus, str) else list(corpus)
     return load_user_files(patterns, text_field, text_column, val_fraction)
+
+
+def user_patterns(corpus: str | list[str]) -> list[str] | None:
+    """The user's paths/globs of `data.corpus`; None for the bundled corpus."""
+    if corpus == "bundled" or corpus == ["bundled"]:
+        return None
+    return [corpus] if isinstance(corpus, str) else list(corpus)
+
+
+def check_corpus(corpus: str | list[str]) -> None:
+    """A UserError naming data.corpus when a path or glob matches no file: checked before a run
+    directory or a study's runs exist, so a typo leaves nothing behind."""
+    patterns = user_patterns(corpus)
+    if patterns is not None:
+        expand_paths(patterns)

@@ -84,7 +84,7 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str = "auto")
             f"({str(exc).splitlines()[0]}); was config.yaml edited after training?"
         ) from None
     model.to(dev).eval()
-    logger.info("eval: loaded %s at step %d on %s", paths.dir, step, dev)
+    logger.info("loaded %s at step %d on %s", paths.dir, step, dev)
     return LoadedRun(
         dir=paths.dir,
         config=cfg,

@@ -159,11 +159,12 @@ def write_dir_atomically(out: Path, fill: Callable[[Path], None], force: bool) -
     old: Path | None = None
     try:
         fill(tmp)
+        mask = os.umask(0)
+        os.umask(mask)
         for path in tmp.iterdir():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
+            os.chmod(path, 0o666 & ~mask)  # safetensors writes its file 0600
         os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700
         if out.is_dir() and any(out.iterdir()):
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
@@ -102,6 +103,10 @@ def train(cfg: Config, data: TokenData | None = None, force: bool = False) -> Ru
     every rank calls this; rank 0 alone owns the directory (moescale.train.distributed)."""
     plan_steps(cfg, World.from_env().size)  # a config that cannot train fails at once
     device = resolve_device(cfg.train.device)  # so does a device this machine does not have
+    if data is None:
+        from moescale.data.corpus import check_corpus
+
+        check_corpus(cfg.data.corpus)  # and a corpus path that matches no file
     paths = RunPaths(Path(cfg.train.out_dir or "runs/run"))
     with process_group(device) as world, quiet_unless_main(world), ExitStack() as held:
         check_split(cfg, world)
@@ -126,17 +131,20 @@ def _check_previous(cfg: Config, paths: RunPaths, force: bool) -> tuple[RunSumma
     if force:
         clear_run(paths)
     previous = check_run_dir(paths, cfg)
+    kept = checkpoint.list_checkpoints(paths.checkpoints)
     if previous is not None and previous.status == "done":
         logger.info(
-            "train: %s is already trained (val_loss %s); results in %s and %s. Use --force "
-            "to train again.", paths.dir, previous.val_loss, paths.summary, paths.metrics,
+            "train: %s is already trained (val_loss %.4f); results in %s and %s. Use --force "
+            "to train again.", paths.dir, previous.val_loss or math.nan, paths.summary,
+            paths.metrics,
         )  # fmt: skip
     elif previous is not None and previous.status == "failed":
         logger.info(
-            "train: the previous attempt failed at step %s (%s); resuming from its last "
-            "checkpoint", previous.failed_step, previous.reason,
+            "train: the previous attempt failed at step %s (%s); %s", previous.failed_step,
+            previous.reason, f"resuming from its last checkpoint (step {kept[-1][0]})" if kept
+            else "no checkpoint was kept: starting over",
         )  # fmt: skip
-    return previous, not checkpoint.list_checkpoints(paths.checkpoints)
+    return previous, not kept
 
 
 class Trainer:
@@ -192,6 +200,7 @@ class Trainer:
         main = self.world.is_main
         self.metrics = MetricsLog(paths.metrics) if main else Silent()
         self.state = checkpoint.TrainerState()
+        self.resumed = False  # from a checkpoint of this run's own directory
         self.start_step = self.resume()
         if t.compile:
             exclude_from_compile()
@@ -214,6 +223,7 @@ class Trainer:
                 self.paths.metrics.unlink(missing_ok=True)  # records of an attempt killed early
             return 0
         step, state = found
+        self.resumed = True
         self.restore(state)
         self.metrics.truncate(step)
         logger.info("train: resuming %s from step %d/%d", self.paths.dir, step, self.steps)
@@ -351,7 +361,7 @@ class Trainer:
     def run(self) -> RunSummary:
         self.summary("running", self.start_step)
         self.announce()
-        last_ckpt = self.start_step
+        last_ckpt = self.start_step if self.resumed else None  # in this run's directory
         step = self.start_step
         try:
             if self.start_step == 0:
@@ -373,13 +383,15 @@ class Trainer:
                 clock.exclude(time.perf_counter() - t_pause)  # tokens/s: training time only
         except NonFiniteError as exc:
             reason = f"{exc.reason} at step {step}"
-            logger.error("train: FAILED: %s; the last good checkpoint is step %d", reason,
-                         last_ckpt)  # fmt: skip
-            return self.summary(
-                "failed", last_ckpt, failed_step=step, reason=reason, last_checkpoint=last_ckpt
-            )
+            logger.error("train: FAILED: %s; %s", reason, f"the last good checkpoint is step "
+                         f"{last_ckpt}" if last_ckpt is not None else "no checkpoint of this run "
+                         "precedes it: a re-run starts over")  # fmt: skip
+            done = self.start_step if last_ckpt is None else last_ckpt
+            return self.summary("failed", done, failed_step=step, reason=reason,
+                                last_checkpoint=last_ckpt)  # fmt: skip
         except Exception as exc:
-            self.summary("failed", last_ckpt, reason=f"{type(exc).__name__}: {exc}")
+            done = self.start_step if last_ckpt is None else last_ckpt
+            self.summary("failed", done, reason=f"{type(exc).__name__}: {exc}")
             raise
         finally:
             self.metrics.close()
