@@ -1,6 +1,7 @@
 """Config loading: every bad value is an error that names the key and what it accepts."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,13 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(tmp_path / "nope.yaml" if False else _ok(tmp_path), ["train.lr"])
+
+
+def test_a_study_file_given_as_a_run_config_says_what_it_is():
+    study = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
+    with pytest.raises(ConfigError, match=r"is a study file .*moescale study .*--dry-run") as e:
+        load_config(study)
+    assert str(e.value).count("\n") == 0  # one line, not one per unknown key
 
 
 def _ok(tmp_path):

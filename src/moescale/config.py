@@ -357,7 +357,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read, override and validate a config; errors name the file and key."""
-    data = apply_overrides(read_yaml(path), overrides or [])
+    raw = read_yaml(path)
+    if isinstance(raw, dict) and {"ladder", "architectures"} & set(raw):
+        keys = ", ".join(sorted({"ladder", "architectures"} & set(raw)))
+        raise ConfigError(
+            f"{path} is a study file (it has {keys}), not a run config: `moescale study {path} "
+            "--dry-run` lists its runs with their parameters and FLOPs; a study that runs "
+            "writes each run's config to <out_dir>/configs/."
+        )
+    data = apply_overrides(raw, overrides or [])
     try:
         cfg = config_from_dict(data)
     except ConfigError as exc:
