@@ -48,6 +48,16 @@ def test_eval_without_anything_to_evaluate_exits_2(dense_run: Path):
     assert r.returncode == 2 and "nothing to evaluate" in r.stderr
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--text", "no/such.txt"], "--text no/such.txt: no such file"),
+    (["--text", "README.md", "--stride", "0"], "--stride 0: must be a positive integer"),
+])  # fmt: skip
+def test_eval_checks_its_flags_before_loading_the_checkpoint(dense_run: Path, flags, message):
+    r = moescale("eval", str(dense_run), *flags)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "loaded" not in r.stderr  # refused before the model was read
+
+
 def test_generate_greedy_prints_prompt_and_continuation(loaded):
     r = moescale(
         "generate",

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 from moescale.commands import STDOUT, add_checkpoint_flags, add_json_flag, emit_json, logs_to_stderr
@@ -102,6 +103,12 @@ def run(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
     if not (args.text or tasks or args.tasks_dir):
         raise UserError("nothing to evaluate: give --text FILE, --tasks NAMES or --tasks-dir DIR.")
+    for path in args.text:  # before the checkpoint is loaded
+        if not Path(path).is_file():
+            raise UserError(f"--text {path}: no such file.")
+    for flag, value in (("--stride", args.stride), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be a positive integer.")
     with logs_to_stderr(args.json_out == STDOUT):
         entries = _evaluate(args, tasks)
     if args.json_out != STDOUT:
