@@ -205,3 +205,15 @@ def test_claims_state_intervals_and_warnings_carry_the_engines() -> None:
     assert "laws/fine-grained/krajewski" in sections  # the engine's own warning, carried
     assert any(s.startswith("plans/") for s in sections)
     assert all(w["message"] for w in a["warnings"])
+
+
+def test_matched_pairs_say_what_routing_aware_flops_would_charge() -> None:
+    """Equal N_active and D is equal compute under C = 6·N·D; Krajewski et al.'s count charges
+    routing more, and more for the finer design: each design states its extra cost."""
+    a = analysis("full")
+    (fg_vs_moe,) = a["equal_compute"]["matched"]["fine-grained_vs_moe"]["designs"]
+    lo, hi = fg_vs_moe["routing_aware_ratio"]
+    assert 1.0 < lo <= hi < 1.05
+    want = [p["routing_aware_ratio"] for p in fg_vs_moe["pairs"]]
+    assert (lo, hi) == (min(want), max(want))
+    assert any("routing-aware FLOPs, the fine-grained MoE runs spent +1." in c for c in a["claims"])

@@ -175,10 +175,17 @@ def _matched(a: Mapping[str, Any]) -> list[str]:
             )
             design = f"E {g(d['experts'])}" + (f", G {g(d['granularity'])}"
                                                if d["granularity"] > 1 else "")  # fmt: skip
-            out.append(f"Measured on {d['n']} pair(s) of runs with equal N_active and tokens "
-                       f"({NAMES[new]} with {design} lower in {d['wins']} of {d['n']}), "
-                       f"{NAMES[base]} minus {NAMES[new]} validation loss is {iv(t)} nats (95 % "
-                       f"from the runs' standard errors): {verdict}.")  # fmt: skip
+            claim = (f"Measured on {d['n']} pair(s) of runs with equal N_active and tokens "
+                     f"({NAMES[new]} with {design} lower in {d['wins']} of {d['n']}), "
+                     f"{NAMES[base]} minus {NAMES[new]} validation loss is {iv(t)} nats (95 % "
+                     f"from the runs' standard errors): {verdict}.")  # fmt: skip
+            ratio = d.get("routing_aware_ratio")
+            if ratio and max(abs(r - 1.0) for r in ratio) >= 0.005:
+                lo, hi = (100 * (r - 1.0) for r in ratio)
+                span = f"{lo:+.1f} %" if abs(hi - lo) < 0.05 else f"{lo:+.1f} to {hi:+.1f} %"
+                claim += (f" Counted with Krajewski et al.'s routing-aware FLOPs, the {NAMES[new]} "
+                          f"runs spent {span} compute against their partners.")  # fmt: skip
+            out.append(claim)
     return out
 
 

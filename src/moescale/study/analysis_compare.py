@@ -57,11 +57,16 @@ def _mean_interval(diffs: np.ndarray, ses: np.ndarray) -> list[float]:
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A design's pairs: mean difference with its interval, wins, and the range of the second
+    architecture's routing-aware compute over its partner's (equal under C = 6·N_active·D, not
+    under Krajewski et al.'s count, which charges routing more: a reader weighs a win with it)."""
     diffs = np.array([r["difference"] for r in rows])
     ses = np.array([r["se"] for r in rows])
+    ratios = [r["routing_aware_ratio"] for r in rows if math.isfinite(r["routing_aware_ratio"])]
     return {"experts": rows[0]["experts"], "granularity": rows[0]["granularity"],
             "pairs": rows, "n": len(rows), "wins": int(np.sum(diffs > 0)),
-            "mean_difference": _mean_interval(diffs, ses)}  # fmt: skip
+            "mean_difference": _mean_interval(diffs, ses),
+            "routing_aware_ratio": [min(ratios), max(ratios)] if ratios else None}  # fmt: skip
 
 
 def matched(points: Mapping[str, Sequence[Point]]) -> dict[str, Any]:
@@ -78,7 +83,8 @@ def matched(points: Mapping[str, Sequence[Point]]) -> dict[str, Any]:
                 "baseline": q.run, "other": p.run, "n_active": p.n_active, "tokens": p.tokens,
                 "compute": p.compute, "experts": p.experts, "granularity": p.granularity,
                 "baseline_loss": q.loss, "other_loss": p.loss, "difference": q.loss - p.loss,
-                "se": math.hypot(q.loss_se, p.loss_se)})  # fmt: skip
+                "se": math.hypot(q.loss_se, p.loss_se),
+                "routing_aware_ratio": p.flops_routing / q.flops_routing})  # fmt: skip
         key = f"{b}_vs_{a}"
         if not designs:
             out[key] = skipped(f"no {b} run has the N_active (within {N_TOL:.0%}) and tokens "

@@ -125,6 +125,7 @@ class Point:
     loss_se: float
     seeds: int
     seq_len: float
+    flops_routing: float = math.nan  # Krajewski et al.'s routing-aware FLOPs (results column)
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -155,6 +156,7 @@ def _point(row: Mapping[str, Any], seeds: int) -> Point:
         params_router=router, tokens=tokens, compute=compute,
         flops_exact=num(row.get("flops")), loss=num(row.get("val_loss")),
         loss_se=num(row.get("val_loss_se")), seeds=seeds, seq_len=num(row.get("seq_len")),
+        flops_routing=num(row.get("flops_routing_aware")),
     )  # fmt: skip
 
 
