@@ -28,10 +28,15 @@ class _Plain(logging.Formatter):
 
 
 def configure_console(level: int = logging.INFO) -> None:
-    """Send moescale's log lines to stdout (once per process; later calls change the level)."""
+    """Send moescale's log lines to stdout (one handler per process; later calls change the
+    level and point it at the sys.stdout of the moment: a later command's redirect or test
+    capture, never a stream closed since, which `logs_to_stderr` would fail to flush)."""
     logger = logging.getLogger(ROOT)
     logger.setLevel(level)
-    if not any(getattr(h, "_moescale_console", False) for h in logger.handlers):
+    console = [h for h in logger.handlers if getattr(h, "_moescale_console", False)]
+    for h in console:
+        h.stream = sys.stdout  # type: ignore[attr-defined]  # not setStream: it flushes the old
+    if not console:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(_Plain("%(message)s"))
         handler._moescale_console = True  # type: ignore[attr-defined]

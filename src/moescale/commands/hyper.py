@@ -9,32 +9,40 @@ Two inputs, two methods:
   B_opt = λ_B·L^(−α_B), η_opt = λ_η·L^(−α_η) per architecture. Constant-LR or WSD runs only:
   cosine curves are refused.
 - a results table, `--method band` (DeepSeek-AI 2024a; StepLaw, Li et al. 2025): one row per run
-  (the last row of each run is used). The runs within 0.25 % of their cell's best loss (cell:
-  architecture, nominal N, nominal D) give B and η against compute, against (N, D) and against
-  loss, with the error on held-out largest-compute cells.
+  (the last row of each run is used), such as a study's results.csv. In each cell
+  (architecture, nominal N, nominal D) where batch size (LR) takes two or more values, the runs
+  within 0.25 % of the cell's best loss give B (η) against compute, against (N, D) and against
+  loss, with the error on held-out largest-compute cells; a law needs two such cells (a study's
+  hyper axes at two sizes or token budgets). Cells of one value, such as a ladder's, are not used.
 
 Default method: curves for run directories and for tables with a `schedule` and a `loss`
-column, band otherwise. Batch sizes are in sequences (`batch_size`) or tokens
+column, band otherwise. `moescale collect`'s curves.csv holds no run settings (arch, batch
+size, schedule): give the run directories instead. --where keeps rows as in `moescale fit`
+(e.g. "status == 'done'"). Batch sizes are in sequences (`batch_size`) or tokens
 (`--batch-col batch_tokens`); the unit is stated in the output and the JSON, which
 `moescale plan --hyper` reads.
 
-  moescale hyper TABLE|RUN_DIR... [--method curves|band] [--batch-col COL]
+  moescale hyper TABLE|RUN_DIR... [--method curves|band] [--where EXPR] [--batch-col COL]
       [--batch-unit sequences|tokens] [--seq-len S] [--json [OUT]]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moescale.commands import add_json_flag, emit_json
+from moescale.commands import STDOUT, add_json_flag, emit_json, logs_to_stderr
 from moescale.errors import UserError
 from moescale.fmt import sig
 from moescale.run import Col, Metric
 
 if TYPE_CHECKING:
+    from moescale.laws.hyper import HyperLaws
     from moescale.laws.plan import HyperResult
+
+log = logging.getLogger(__name__)
 
 DEFINITIONS = {
     "curves": "per training-loss level, the batch size (learning rate) whose run reaches it in "
@@ -44,11 +52,18 @@ DEFINITIONS = {
     "cell's best final loss; log y regressed on log x over them (DeepSeek-AI 2024a; StepLaw)",
 }
 UNITS = {Col.BATCH_SIZE: "sequences", "batch_tokens": "tokens"}
+NEEDS = {  # columns besides --batch-col, and the table they describe
+    "curves": ((Col.RUN, Col.LR, "schedule", Metric.TOKENS, Metric.LOSS), "a curve table (one "
+               "row per logged step, each with its run's settings), or run directories"),
+    "band": ((Col.PARAMS_ACTIVE, Col.TOKENS, Col.LR, Col.VAL_LOSS), "a results table, one row per "
+             "run with its settings (a study's results.csv, with batch_size and lr axes)"),
+}  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="TABLE|RUN_DIR", help="a table or run dirs")
     parser.add_argument("--method", choices=list(DEFINITIONS), help="curves or band (see above)")
+    parser.add_argument("--where", metavar="EXPR", help="keep the rows where EXPR holds")
     parser.add_argument("--batch-col", default=Col.BATCH_SIZE, help="batch column (batch_size)")
     parser.add_argument(
         "--batch-unit",
@@ -65,19 +80,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moescale.laws.hyper import curve_laws, curves_from_runs, hyper_laws_from_table
     from moescale.laws.plan import HyperResult
-    from moescale.laws.table import read_table
+
+    with logs_to_stderr(args.json_out == STDOUT):
+        method, laws = _laws(args)
+    unit = args.batch_unit or UNITS[args.batch_col]
+    boot = {"bootstrap": args.bootstrap, "seed": args.seed}
+    settings = {"inputs": list(args.inputs), "batch_col": args.batch_col, **boot,
+                "definition": DEFINITIONS[method]}  # fmt: skip
+    res = HyperResult(method, laws, unit, args.seq_len, settings)
+    if args.json_out != STDOUT:
+        _print(res)
+    if args.json_out:
+        emit_json(res.to_json(), args.json_out)
+    return 0
+
+
+def _laws(args: argparse.Namespace) -> tuple[str, dict[str, HyperLaws]]:
+    from moescale.laws.hyper import curve_laws, curves_from_runs, hyper_laws_from_table
+    from moescale.laws.table import read_table, select_rows
 
     dirs = all(Path(p).is_dir() for p in args.inputs)
     if not dirs and len(args.inputs) > 1:
         raise UserError("give one table, or run directories only")
     table = curves_from_runs(args.inputs) if dirs else read_table(args.inputs[0])
+    if args.where:
+        table = select_rows(table, args.where)
     method = args.method or (
         "curves" if dirs or ("schedule" in table and Metric.LOSS in table) else "band"
     )
-    unit = args.batch_unit or UNITS.get(args.batch_col)
-    if unit is None:
+    _check_columns(table, method, args)
+    if args.batch_unit is None and args.batch_col not in UNITS:
         raise UserError(f"--batch-col {args.batch_col}: say its unit with --batch-unit")
     boot = {"bootstrap": args.bootstrap, "seed": args.seed}
     if method == "curves":
@@ -86,14 +119,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         laws = hyper_laws_from_table(table, batch_col=args.batch_col,
                                      holdout_frac=args.holdout_frac, **boot)  # fmt: skip
-    settings = {"inputs": list(args.inputs), "batch_col": args.batch_col, **boot,
-                "definition": DEFINITIONS[method]}  # fmt: skip
-    res = HyperResult(method, laws, unit, args.seq_len, settings)
-    if args.json_out != "-":
-        _print(res)
-    if args.json_out:
-        emit_json(res.to_json(), args.json_out)
-    return 0
+    if not any(h.laws() for h in laws.values()):
+        log.warning("no hyperparameter law could be fitted; the reasons are listed per law")
+    return method, laws
+
+
+def _check_columns(table: dict, method: str, args: argparse.Namespace) -> None:
+    """Name the table `hyper` expects, rather than the first column a fit would miss."""
+    needs, what = NEEDS[method]
+    missing = [c for c in (*needs, args.batch_col) if c not in table]
+    if missing:
+        hint = ("; `moescale collect`'s curves.csv holds losses but not the runs' settings: give "
+                "a study's results.csv, or the run directories for --method curves"
+                if Col.RUN in table and Metric.LOSS in table else "")  # fmt: skip
+        raise UserError(f"{args.inputs[0]} lacks {', '.join(map(repr, missing))}: --method "
+                        f"{method} reads {what}{hint}")  # fmt: skip
 
 
 def _print(res: HyperResult) -> None:
@@ -112,5 +152,8 @@ def _print(res: HyperResult) -> None:
                 print(
                     f"  {'':<17} held-out {e['cells']} cells: |ln(pred/obs)| mean {mean}, max {top}"
                 )
+        reasons: dict[str, list[str]] = {}  # one line per reason, not per law
         for name, why in h.skipped.items():
-            print(f"  {name:<17} not fitted: {why}")
+            reasons.setdefault(why, []).append(name)
+        for why, names in reasons.items():
+            print(f"  {', '.join(names):<17} not fitted: {why}")

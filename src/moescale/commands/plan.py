@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from moescale.commands import add_json_flag, emit_json
+from moescale.commands import STDOUT, add_json_flag, emit_json, logs_to_stderr
 from moescale.errors import UserError
 from moescale.fmt import human, sig
 
@@ -99,6 +99,16 @@ def _read_fit(path: str, flag: str):  # noqa: ANN202 - FitResult or IsoFLOPResul
 
 
 def run(args: argparse.Namespace) -> int:
+    with logs_to_stderr(args.json_out == STDOUT):  # its warnings must not precede the JSON
+        plan = _plan(args)
+    if args.json_out != STDOUT:
+        _print(plan)
+    if args.json_out:
+        emit_json(plan.to_json(), args.json_out)
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> Plan:
     from moescale.laws.allocate import check_budget, check_k
     from moescale.laws.family import load_family
     from moescale.laws.plan import make_plan, read_hyper, recorded_inputs
@@ -109,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     given = {s: v for s, v in flags.items() if v is not None and v != "best"}
     if args.hyper_arch and not args.hyper:
         raise UserError("--hyper-arch names an architecture of --hyper HYPER.json; give --hyper")
-    plan = make_plan(
+    return make_plan(
         _read_fit(args.fit, "--fit"),
         args.budget,
         k=args.k,
@@ -123,11 +133,6 @@ def run(args: argparse.Namespace) -> int:
         hyper=read_hyper(args.hyper) if args.hyper else None,
         hyper_arch=args.hyper_arch,
     )
-    if args.json_out != "-":
-        _print(plan)
-    if args.json_out:
-        emit_json(plan.to_json(), args.json_out)
-    return 0
 
 
 def _iv(intervals: dict[str, tuple[float, float]], key: str, pct: bool = False) -> str:

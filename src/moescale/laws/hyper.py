@@ -29,12 +29,14 @@ from typing import Any
 import numpy as np
 
 from moescale.errors import UserError
+from moescale.laws.heatmap import Heatmap, batch_heatmap, heatmap, lr_heatmap  # noqa: F401
 from moescale.laws.table import numeric_column
 from moescale.run import Col, Metric, RunPaths, read_metrics, read_summary
 
 NEAR_OPTIMAL_TOL = 0.0025
 CELL_TOL = 0.05  # settings within 5 % of each other are one nominal value
 HOLDOUT_FRAC = 0.2
+MIN_SWEPT_CELLS = 2  # cells where a hyperparameter takes two or more values
 NAN2 = (math.nan, math.nan)
 BAND_LAWS = {  # name -> (output, inputs)
     "batch_vs_compute": ("batch", ("C",)),
@@ -91,18 +93,28 @@ def fit_loglinear(
     xs: Mapping[str, np.ndarray], y: np.ndarray, *, bootstrap: int = 1000, seed: int = 0,
     output: str = "y",
 ) -> PowerLaw:  # fmt: skip
-    """OLS of log y on the logs of `xs`; percentile intervals from `bootstrap` row resamples."""
+    """OLS of log y on the logs of `xs`; percentile intervals from `bootstrap` row resamples.
+    The logs are centred first: log C near 40 is nearly collinear with the intercept, and the
+    draws' normal equations would then carry rounding noise far above the estimate's."""
     names = tuple(xs)
     ly = np.log(np.asarray(y, float))
-    x = np.column_stack([np.ones(len(ly))] + [np.log(np.asarray(xs[k], float)) for k in names])
+    lx = np.column_stack([np.log(np.asarray(xs[k], float)) for k in names])
+    mu = lx.mean(0) if len(ly) else np.zeros(len(names))
+    x = np.column_stack([np.ones(len(ly)), lx - mu])
     if len(ly) <= len(names) or np.linalg.matrix_rank(x) < x.shape[1]:
+        have = ", ".join(f"{k} {len(np.unique(lx[:, j]))}" for j, k in enumerate(names))
+        raise UserError(f"a hyperparameter law in {', '.join(names)} needs at least "
+                        f"{len(names) + 1} points with distinct values of each input, inputs "
+                        f"not proportional to each other; it has {len(ly)}, distinct values: "
+                        f"{have}")  # fmt: skip
+    if np.ptp(ly) == 0:  # a law would be pure rounding noise, intervals that miss it included
         raise UserError(
-            f"a hyperparameter law in {', '.join(names)} needs at least {len(names) + 1} points "
-            f"with distinct values of each input; it has {len(ly)}"
+            f"{output} is {math.exp(ly[0]):.4g} at all {len(ly)} points: the data cannot say how "
+            f"its optimum moves (sweep {output} wider or finer around the optimum)"
         )
     beta = np.linalg.lstsq(x, ly, rcond=None)[0]
-    out = PowerLaw(float(np.exp(beta[0])), tuple(map(float, beta[1:])), names, n=len(ly),
-                   output=output)  # fmt: skip
+    out = PowerLaw(float(np.exp(beta[0] - beta[1:] @ mu)), tuple(map(float, beta[1:])), names,
+                   n=len(ly), output=output)  # fmt: skip
     if bootstrap > 0:
         idx = np.random.default_rng(seed).integers(0, len(ly), (bootstrap, len(ly)))
         xb, yb = x[idx], ly[idx]
@@ -110,7 +122,7 @@ def fit_loglinear(
         b = np.linalg.solve(np.einsum("bni,bnj->bij", xb[ok], xb[ok]),
                             np.einsum("bni,bn->bi", xb[ok], yb[ok])[..., None])[..., 0]  # fmt: skip
         pct = lambda v: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5)))  # noqa: E731
-        out.intervals = {"coef": pct(np.exp(b[:, 0]))}
+        out.intervals = {"coef": pct(np.exp(b[:, 0] - b[:, 1:] @ mu))}
         out.intervals.update({k: pct(b[:, j + 1]) for j, k in enumerate(names)})
     return out
 
@@ -212,8 +224,8 @@ def near_optimal_mask(
 def _fit_named(data: Mapping[str, np.ndarray], names: Sequence[str], bootstrap: int,
                seed: int) -> tuple[dict[str, PowerLaw], dict[str, str]]:  # fmt: skip
     laws, skipped = {}, {}
-    for j, name in enumerate(names):
-        out, ins = BAND_LAWS[name]
+    for name in names:
+        (out, ins), j = BAND_LAWS[name], list(BAND_LAWS).index(name)
         try:
             laws[name] = fit_loglinear({i: data[i] for i in ins}, data[out], output=out,
                                        bootstrap=bootstrap, seed=seed + j)  # fmt: skip
@@ -222,14 +234,15 @@ def _fit_named(data: Mapping[str, np.ndarray], names: Sequence[str], bootstrap: 
     return laws, skipped
 
 
-def _holdout(data: Mapping[str, np.ndarray], cells: np.ndarray, frac: float) -> dict[str, Any]:
+def _holdout(data: Mapping[str, np.ndarray], cells: np.ndarray, frac: float,
+             names: Sequence[str]) -> dict[str, Any]:  # fmt: skip
     """Refit without the largest-compute cells; |ln(pred / band centre)| on those cells."""
     order = sorted(set(cells), key=lambda c: data["C"][cells == c].max())
     n_out = math.ceil(frac * len(order))
     if n_out == 0 or len(order) - n_out < 3:
         return {}
     held = np.isin(cells, order[-n_out:])
-    laws, _ = _fit_named({k: v[~held] for k, v in data.items()}, list(BAND_LAWS), 0, 0)
+    laws, _ = _fit_named({k: v[~held] for k, v in data.items()}, names, 0, 0)
     out = {}
     for name, law in laws.items():
         y, ins = BAND_LAWS[name]
@@ -243,6 +256,26 @@ def _holdout(data: Mapping[str, np.ndarray], cells: np.ndarray, frac: float) -> 
     return out
 
 
+def _band(data: Mapping[str, np.ndarray], cells: np.ndarray, keep: np.ndarray, output: str,
+          bootstrap: int, seed: int, frac: float) -> tuple[dict, dict, dict, Any]:  # fmt: skip
+    """The `output` laws (and their held-out errors), from the cells where `output` takes two
+    or more values: a cell whose runs share one value (a ladder run, say) has that value as its
+    best whatever the optimum is, and would pull the law towards the default."""
+    names = [k for k, (o, _) in BAND_LAWS.items() if o == output]
+    swept = [c for c in set(cells) if len(np.unique(data[output][cells == c])) > 1]
+    if len(swept) < MIN_SWEPT_CELLS:
+        why = (
+            f"{output} was swept (two or more values) in {len(swept)} of {len(set(cells))} cells "
+            f"(N, D), a law needs {MIN_SWEPT_CELLS}: sweep it at more sizes or tokens (a study's "
+            "hyper.sizes, hyper.tokens); one value per cell says nothing of its optimum"
+        )
+        return {}, dict.fromkeys(names, why), {}, keep & False
+    use = keep & np.isin(cells, swept)
+    sub = {k: v[use] for k, v in data.items()}
+    laws, skipped = _fit_named(sub, names, bootstrap, seed)
+    return laws, skipped, _holdout(sub, cells[use], frac, names), use
+
+
 def fit_hyper_laws(
     arch: Sequence[str] | np.ndarray, n: np.ndarray, d: np.ndarray, batch: np.ndarray,
     lr: np.ndarray, loss: np.ndarray, *, compute: np.ndarray | None = None,
@@ -250,8 +283,8 @@ def fit_hyper_laws(
     cell_tol: float = CELL_TOL, holdout_frac: float = HOLDOUT_FRAC,
 ) -> dict[str, HyperLaws]:  # fmt: skip
     """Per-architecture laws from a sweep's final losses (one row per run): the near-optimal
-    band of each cell, regressed in compute, in (N, D) and in loss. `compute` defaults to
-    6·N·D; batch sizes stay in the unit given."""
+    band of each cell where the hyperparameter was swept, regressed in compute, in (N, D) and in
+    loss. `compute` defaults to 6·N·D; batch sizes stay in the unit given."""
     arch = np.asarray(arch).astype(str)
     n, d, batch, lr, loss = (np.asarray(a, float) for a in (n, d, batch, lr, loss))
     c = 6.0 * n * d if compute is None else np.asarray(compute, float)
@@ -261,14 +294,16 @@ def fit_hyper_laws(
     out: dict[str, HyperLaws] = {}
     for a in sorted(set(arch)):
         sel = arch == a
-        keep = near_optimal_mask(n[sel], d[sel], loss[sel], tol, cell_tol=cell_tol)
-        data = {"N": n, "D": d, "C": c, "L": loss, "batch": batch, "lr": lr}
-        data = {k: v[sel][keep] for k, v in data.items()}
+        data = dict(N=n[sel], D=d[sel], C=c[sel], L=loss[sel], batch=batch[sel], lr=lr[sel])
+        keep = near_optimal_mask(data["N"], data["D"], data["L"], tol, cell_tol=cell_tol)
         cells = cell_ids(nominal(data["N"], cell_tol), nominal(data["D"], cell_tol))
-        laws, skipped = _fit_named(data, list(BAND_LAWS), bootstrap, seed)
-        out[a] = HyperLaws(arch=a, n_runs=int(sel.sum()), n_kept=int(keep.sum()),
-                           cells=len(set(cells)), holdout=_holdout(data, cells, holdout_frac),
-                           skipped=skipped, **{k: laws.get(k) for k in BAND_LAWS})  # fmt: skip
+        laws, skipped, holdout, used = {}, {}, {}, keep & False
+        for y in ("batch", "lr"):
+            fitted, why, errs, use = _band(data, cells, keep, y, bootstrap, seed, holdout_frac)
+            laws, skipped, holdout, used = laws | fitted, skipped | why, holdout | errs, used | use
+        out[a] = HyperLaws(arch=a, n_runs=int(sel.sum()), n_kept=int(used.sum()),
+                           cells=len(set(cells)), holdout=holdout, skipped=skipped,
+                           **{k: laws.get(k) for k in BAND_LAWS})  # fmt: skip
     return out
 
 
@@ -413,38 +448,3 @@ def hyper_laws_from_table(
         numeric_column(t, batch_col, "batch_col"), numeric_column(t, lr_col, "lr_col"),
         numeric_column(t, loss_col, "loss_col"), compute=c, bootstrap=bootstrap, seed=seed, **kw,
     )  # fmt: skip
-
-
-@dataclass
-class Heatmap:
-    """Loss over (hyperparameter, tokens): grid[i, j] = loss at tokens[i], values[j] (nan: no
-    run); `best` is the loss-minimising value per token row (the optimum line)."""
-
-    values: np.ndarray
-    tokens: np.ndarray
-    grid: np.ndarray
-    best: np.ndarray
-    name: str
-
-
-def heatmap(values: np.ndarray, tokens: np.ndarray, loss: np.ndarray, name: str) -> Heatmap:
-    """Grid of loss over (values, tokens) for one architecture and size; min over duplicates."""
-    values, tokens, loss = (np.asarray(a, float) for a in (values, tokens, loss))
-    uv, ut = np.unique(values), np.unique(tokens)
-    grid = np.full((len(ut), len(uv)), np.nan)
-    iv, it = np.searchsorted(uv, values), np.searchsorted(ut, tokens)
-    for i, j, v in zip(it, iv, loss, strict=True):
-        grid[i, j] = v if np.isnan(grid[i, j]) else min(grid[i, j], v)
-    filled = np.where(np.isnan(grid), np.inf, grid)
-    best = np.where(np.all(np.isnan(grid), axis=1), np.nan, uv[np.argmin(filled, axis=1)])
-    return Heatmap(values=uv, tokens=ut, grid=grid, best=best, name=name)
-
-
-def batch_heatmap(batch: np.ndarray, tokens: np.ndarray, loss: np.ndarray) -> Heatmap:
-    """Loss over (batch size, tokens) with the optimal-batch line."""
-    return heatmap(batch, tokens, loss, Col.BATCH_SIZE)
-
-
-def lr_heatmap(lr: np.ndarray, tokens: np.ndarray, loss: np.ndarray) -> Heatmap:
-    """Loss over (learning rate, tokens) with the optimal-LR line."""
-    return heatmap(lr, tokens, loss, Col.LR)

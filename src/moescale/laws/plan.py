@@ -151,10 +151,8 @@ def _resolve(
             '"experts" in the fit JSON'
         )
     if search_g and "G" not in form.inputs:
-        raise UserError(
-            f"--granularity best: law {form.name} has no G input, so G does not change its loss "
-            "and there is no optimal G; give a number"
-        )
+        raise UserError(f"--granularity best: law {form.name} has no G input, so G does not "
+                        "change its loss and there is no optimal G; give a number")  # fmt: skip
     search_g = search_g or ("G" in form.inputs and "G" not in values)
     if search_g:
         values.pop("G", None)
@@ -398,10 +396,8 @@ class HyperResult:
     def predict(self, arch: str, values: Mapping[str, float]) -> dict[str, Any]:
         """Every law of `arch` evaluated at `values` (L, C, N, D), batch in `batch_unit`."""
         if arch not in self.laws:
-            raise UserError(
-                f"the hyperparameter laws have no architecture {arch!r} (they have "
-                f"{', '.join(self.laws)}); choose one with --hyper-arch"
-            )
+            raise UserError(f"the hyperparameter laws have no architecture {arch!r} (they have "
+                            f"{', '.join(self.laws)}); choose one with --hyper-arch")  # fmt: skip
         out: dict[str, Any] = {"arch": arch, "batch_unit": self.batch_unit, "batch": {}, "lr": {}}
         for name, law in self.laws[arch].laws().items():
             if all(i in values for i in law.inputs):
@@ -432,6 +428,9 @@ def apply_hyper(plan: Plan, hyper: HyperResult, arch: str | None) -> None:
     d = dz.tokens if dz else a.d_opt if a else math.nan
     values = {k: v for k, v in {"L": loss, "C": plan.budget, "N": n, "D": d}.items() if v > 0}
     out = hyper.predict(arch, values)
+    if not out["batch"] and not out["lr"]:  # say why, rather than recommend nothing silently
+        why = "; ".join(dict.fromkeys(hyper.laws[arch].skipped.values())) or "none takes its inputs"
+        plan.warnings.append(f"--hyper: no batch-size or learning-rate law for {arch}: {why}")
     seq = (plan.family.seq_len if plan.family else None) or hyper.seq_len
     if hyper.batch_unit == "sequences" and seq:
         out["batch_tokens"] = {k: v * seq for k, v in out["batch"].items()}

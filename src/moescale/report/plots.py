@@ -165,18 +165,27 @@ def fig_isoflop(a: Mapping[str, Any]) -> Figure | str:
 
 def fig_allocation(a: Mapping[str, Any]) -> Figure | str:
     """N_opt(C) (active parameters) and D_opt(C) with their bands, per architecture; the
-    plan budgets marked; IsoFLOP minima where profiles exist."""
+    plan budgets marked; IsoFLOP minima where profiles exist. A law without an interior optimum
+    (a coefficient forced to 0) has no finite N_opt: its points are left out, with a note."""
     have = [v for v in VARIANTS if not skipped(a["frontier"].get(v))]
     if not have:
         return _reason(a, "frontier")
+    ok = {v: _positive(a["frontier"][v], "n_active") & _positive(a["frontier"][v], "tokens")
+          for v in have}  # fmt: skip
+    missing = [LABELS[v] for v in have if not ok[v].all()]
+    note = (f"no interior optimum (N_opt or D_opt not finite and > 0, e.g. a coefficient forced "
+            f"to 0) for {', '.join(missing)}") if missing else ""  # fmt: skip
+    have = [v for v in have if ok[v].any()]
+    if not have:
+        return note
     fig, (ax_n, ax_d) = new_figure(2, cols=2, height=3.9)
     for v in have:
-        f = a["frontier"][v]
+        f, sel = a["frontier"][v], ok[v]
         x = arr(f["compute"])
         edge = f["fitted_range"][1] or x.max()
         for ax, key in ((ax_n, "n_active"), (ax_d, "tokens")):
-            band(ax, x, f[f"{key}_lo"], f[f"{key}_hi"], color(v))
-            split_line(ax, x, arr(f[key]), edge, color(v), LABELS[v])
+            band(ax, x[sel], arr(f[f"{key}_lo"])[sel], arr(f[f"{key}_hi"])[sel], color(v))
+            split_line(ax, x[sel], arr(f[key])[sel], edge, color(v), LABELS[v])
         iso = a["isoflop"].get(v)
         if not skipped(iso):
             bs = iso["budgets"]
@@ -191,7 +200,16 @@ def fig_allocation(a: Mapping[str, Any]) -> Figure | str:
         ax.legend(loc="upper left")
     ax_n.set_title("N_opt(C): what size to train")
     ax_d.set_title("D_opt(C): how many tokens")
+    if note:
+        fig.text(0.5, 0.01, f"left out: {note}", ha="center", va="bottom", fontsize=8,
+                 color="#8a5a00")  # fmt: skip
     return fig
+
+
+def _positive(f: Mapping[str, Any], key: str) -> np.ndarray:
+    """Where a frontier quantity can go on a log axis (finite and > 0)."""
+    y = arr(f[key])
+    return np.isfinite(y) & (np.nan_to_num(y) > 0)
 
 
 def fig_holdout(a: Mapping[str, Any]) -> Figure | str:

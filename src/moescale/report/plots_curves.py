@@ -161,8 +161,10 @@ def fig_hyper_laws(a: Mapping[str, Any]) -> Figure | str:
     if skipped(laws):
         return f"the curve laws were not fitted: {laws['skipped']}"
     if not any(sec.get("points") for sec in laws.values() if isinstance(sec, Mapping)):
-        return ("no optimum to draw: on every training curve the best batch size and learning "
-                "rate lie at an end of the sweep (see the heatmaps); widen the hyper axes")
+        return (
+            "no optimum to draw: on every training curve the best batch size and learning "
+            "rate lie at an end of the sweep (see the heatmaps); widen the hyper axes"
+        )
     fig, axes = new_figure(2, cols=2, height=3.7)
     for ax, hyper, name in ((axes[0], "batch", "batch_vs_loss"), (axes[1], "lr", "lr_vs_loss")):
         if not any(p["hyper"] == hyper for sec in laws.values() for p in sec.get("points", [])):
@@ -217,8 +219,10 @@ def fig_noise_scale(a: Mapping[str, Any]) -> Figure | str:
         ls = np.geomspace(loss.min(), loss.max(), 30)
         ax.plot(ls, at["value"] * (ls / level) ** at["exponent"], color=c, lw=1.4)
         lo, hi = at["interval"] or (at["value"], at["value"])
-        ax.errorbar([level], [at["value"]], yerr=[[at["value"] - lo], [hi - at["value"]]],
-                    fmt="D", color=c, mec="black", ms=6, capsize=3)  # fmt: skip
+        # an interval may miss its estimate by rounding (1e-15): a bar is never negative
+        err = np.clip([[at["value"] - lo], [hi - at["value"]]], 0.0, None)
+        ax.errorbar([level], [at["value"]], yerr=err, fmt="D", color=c, mec="black", ms=6,
+                    capsize=3)  # fmt: skip
     ax.axvline(level, color="#999999", ls=":", lw=0.8)
     log_axes(ax, True, True)
     ax.set_xlabel("training loss over the estimate's window (nats)")

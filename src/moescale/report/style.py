@@ -113,8 +113,9 @@ def draw(out_dir: Path, plot: Plot, build: Callable[..., Figure | str], *args: A
             path.parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(path, dpi=DPI, format="png")
     except Exception as exc:  # noqa: BLE001 - the page says which figure failed and why
-        log.exception("figure %s failed", plot.name)
         plot.skipped = f"drawing it failed: {type(exc).__name__}: {exc}"
+        log.warning("figure %s not drawn: %s", plot.name, plot.skipped)  # one line, no traceback
+        log.debug("figure %s", plot.name, exc_info=True)
         return plot
     plot.path = path
     return plot
