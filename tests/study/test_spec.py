@@ -150,3 +150,43 @@ def test_an_ablation_expert_init_across_architectures_is_said(tmp_path: Path, ca
     assert moe_inits == {"scaled_weights"}
     (rec,) = caplog.records
     assert "fg, moe use expert_init scaled_weights" in rec.getMessage()
+
+
+@pytest.mark.parametrize(
+    "override, extra, axis",
+    [("model.d_model=48", {}, "the study's ladder key sets model.d_model"),
+     ("model.n_heads=4", {}, "ladder key sets model.n_heads"),
+     ("model.moe.granularity=4", {}, "architectures key sets model.moe.granularity"),
+     ("model.moe.granularity=3", {}, "architectures key sets model.moe.granularity"),
+     ("model.moe={experts: 2}", {}, "architectures key sets model.moe.experts"),
+     ("model.moe.experts=8", {"architectures": ["dense"]}, "every architecture is dense"),
+     ("train.tokens=5000", {}, "tokens key sets train.tokens"),
+     ("train.seed=3", {"seeds": [0, 1]}, "seeds key sets train.seed")],
+)  # fmt: skip
+def test_a_key_an_axis_sets_is_refused_not_ignored(tmp_path: Path, override, extra, axis):
+    with pytest.raises(ConfigError, match=f"--set {override.split('=')[0]}: .*{axis}.*change"):
+        expand(spec(**extra), "s", base_dir=tmp_path, overrides=[override])
+    data = spec(**extra)
+    key, value = override.split("=")
+    *sections, leaf = key.split(".")
+    node = data["base"]
+    for s in sections:
+        node = node.setdefault(s, {})
+    node[leaf] = value
+    with pytest.raises(ConfigError, match=f"base.{key.split('.moe')[0]}.*{axis}"):
+        expand(data, "s", base_dir=tmp_path)
+
+
+def test_keys_no_axis_sets_still_apply(tmp_path: Path):
+    plain = expand(spec(), "s", base_dir=tmp_path)
+    study = expand(spec(), "s", base_dir=tmp_path,
+                   overrides=["train.lr=0.01", "model.moe.expert_init=fan_in"])  # fmt: skip
+    assert all(r.config["train"]["lr"] == 0.01 for r in study.runs)
+    moe = [r for r in study.runs if r.arch != "dense"]
+    assert moe and all(r.config["model"]["moe"]["expert_init"] == "fan_in" for r in moe)
+    assert {r.name for r in study.runs}.isdisjoint(r.name for r in plain.runs)
+    shapes = {"shapes": [{"n_layers": 1, "d_model": 32, "n_heads": 2},
+                         {"n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64}]}  # fmt: skip
+    study = expand(spec(ladder=shapes), "s", base_dir=tmp_path, overrides=["model.d_ff=96"])
+    assert sorted(r.config["model"]["d_ff"] for r in study.runs if not r.trunk)[:3] == [64] * 3
+    assert 96 in {r.config["model"]["d_ff"] for r in study.runs}  # a shape without d_ff takes it

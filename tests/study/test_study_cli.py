@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import signal
@@ -60,6 +61,20 @@ def test_tiny_study_end_to_end(tmp_path: Path, corpus_dir: Path, capsys):
     assert main(["study", str(spec)]) == 0
     assert _summaries(study) == before
     assert (study / "report.html").stat().st_mtime == report_mtime
+    _report_command_follows_the_study(study)
+
+
+def _report_command_follows_the_study(study: Path) -> None:
+    """`moescale report DIR` rebuilds what the study wrote (its name, its report.budgets), and
+    --budgets changes the report even though the results did not."""
+    mtime = (study / "report.html").stat().st_mtime
+    assert main(["report", str(study)]) == 0
+    assert (study / "report.html").stat().st_mtime == mtime  # up to date: the same settings
+    assert main(["report", str(study), "--budgets", "1e16"]) == 0
+    assert json.loads((study / "study.json").read_text())["data"]["budgets"] == [1e16]
+    assert main(["report", str(study), "--force"]) == 0
+    assert json.loads((study / "study.json").read_text())["data"]["budgets"] == [1e15, 1e18]
+    assert "<title>moescale study: tiny</title>" in (study / "report.html").read_text()
 
 
 def _wait_for(cond, timeout: float = 120.0) -> None:
@@ -148,3 +163,48 @@ def test_dry_run_lists_runs_and_estimates_without_training(tmp_path: Path, corpu
     assert "8 runs (4 WSD branches)" in out and "saved" in out and "estimated wall time" in out
     assert len([line for line in out.splitlines() if line.startswith(("dense-", "fg-"))]) == 8
     assert not (tmp_path / "study" / "runs").exists()  # nothing trained
+
+
+def test_added_budget_starts_from_an_earlier_trunk_checkpoint(tmp_path: Path, corpus_dir: Path):
+    """A budget added to a finished study: its trunk (same name) is not retrained and never kept
+    the new branch point, so the branch starts from the trunk's earlier checkpoint and trains
+    the steps in between itself; it ends where a branch from its own checkpoint ends."""
+    small = {"ladder": {"n_layers": [1], "d_model_per_layer": 16, "head_dim": 16},
+             "architectures": ["dense"], "executor": {"workers": 1, "threads": 1}}  # fmt: skip
+    spec = write_study(tmp_path, corpus_dir, **small, tokens={"budgets": [1024, 2048]})
+    assert main(["study", str(spec), "--no-report"]) == 0
+    before = _summaries(tmp_path / "study")
+    spec = write_study(tmp_path, corpus_dir, **small, tokens={"budgets": [1024, 1536, 2048]})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "moescale.cli", "study", str(spec),
+                           "--no-report"], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "starts from step" in proc.stdout + proc.stderr
+    after = _summaries(tmp_path / "study")
+    assert {k: after[k] for k in before} == before and len(after) == 3  # only the new branch
+    (ref := tmp_path / "ref").mkdir()  # the same branch from its own checkpoint
+    ref_spec = write_study(ref, corpus_dir, **small, tokens={"budgets": [1536, 2048]})
+    assert main(["study", str(ref_spec), "--no-report"]) == 0
+    (new,) = [r for r in read_table(tmp_path / "study" / "results.csv") if r["tokens"] == 1536]
+    (want,) = [r for r in read_table(ref / "study" / "results.csv") if r["tokens"] == 1536]
+    assert new["run"] == want["run"] and new["start_step"] < want["start_step"]
+    assert new["val_loss"] == want["val_loss"] and new["steps"] == want["steps"]
+
+
+@pytest.mark.parametrize("flag", ["--workers", "--retries"])
+def test_negative_counts_on_the_command_line_are_refused(tmp_path: Path, corpus_dir: Path,
+                                                         capsys, flag: str):  # fmt: skip
+    spec = write_study(tmp_path, corpus_dir)
+    assert main(["study", str(spec), flag, "-1", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag}: got -1, expected an integer >= 0" in err and "executor." in err
+
+
+def test_a_missing_corpus_fails_the_plan(tmp_path: Path, capsys):
+    spec = write_study(tmp_path, tmp_path / "no-such-texts")
+    for dry in (["--dry-run"], []):
+        assert main(["study", str(spec), *dry]) == 2
+        err = capsys.readouterr().err
+        assert "data.corpus" in err and str(tmp_path / "no-such-texts") in err
+    assert not (tmp_path / "study").exists()  # nothing planned, nothing trained

@@ -2,8 +2,9 @@
 
 Every step is resumable and skips what is already done: finished runs are not retrained, the
 table is rebuilt from the run directories (cheap), and the analysis and report are rebuilt only
-when the table changed (`study.json` records the hash of the results it was computed from), so a
-second call on a finished study returns in seconds.
+when the table or the report settings changed (`study.json` records the hash of the results and
+the budgets and title it was computed with), so a second call on a finished study returns in
+seconds.
 
     <out_dir>/
       study.yaml         a copy of the spec file (--set overrides are in each run's config)
@@ -28,13 +29,13 @@ import yaml
 
 from moescale.atomic import atomic_write_json, atomic_write_text
 from moescale.config import config_from_dict
-from moescale.errors import ConfigError
+from moescale.errors import ConfigError, UserError
 from moescale.fmt import duration, human
 from moescale.study.calibrate import calibrate, makespan
 from moescale.study.collect import Collected, collect
 from moescale.study.executors import ExecutorConfig, LocalExecutor, execute, plan_workers
 from moescale.study.spec import Study, load_study
-from moescale.study.tasks import DONE, FAILED, SKIPPED, Task
+from moescale.study.tasks import DONE, FAILED, SKIPPED, Task, rebase_branch
 
 logger = logging.getLogger(__name__)
 DEFAULT_BUDGETS = (1e18, 1e20, 1e22)
@@ -55,15 +56,49 @@ class StudyOutcome:
 
 
 def validate_runs(study: Study) -> None:
-    """Every run's config is checked before anything runs; all errors are reported at once."""
-    errors = []
+    """Every run's config is checked before anything runs; all errors are reported at once.
+    So are the user's corpus files (the trainer's own check, `check_corpus`): a path that
+    matches no file fails the plan, --dry-run included, not every run once it starts."""
+    from moescale.data.corpus import check_corpus
+
+    errors, corpora = [], []
     for r in study.runs:
         try:
-            config_from_dict(copy.deepcopy(r.config))
+            corpus = config_from_dict(copy.deepcopy(r.config)).data.corpus
         except ConfigError as exc:
             errors.append(f"run {r.name}: {exc}")
+            continue
+        if corpus not in corpora:
+            corpora.append(corpus)
     if errors:
         raise ConfigError("\n".join(errors))
+    for corpus in corpora:
+        check_corpus(corpus)
+
+
+def plan_branches(study: Study) -> None:
+    """A WSD branch whose trunk finished without its checkpoint (a budget added to a trained
+    study) starts from an earlier one (`rebase_branch`), before anything runs or is listed."""
+    for r in study.runs:
+        if note := rebase_branch(r):
+            logger.info("%s", note)
+
+
+def executor_config(study: Study, workers: int | None, retries: int | None) -> ExecutorConfig:
+    """The spec's executor with --workers/--retries, which follow the spec's rules (a negative
+    count would plan no worker and wait forever)."""
+    cfg = ExecutorConfig.from_dict(study.executor)
+    flags = (("workers", workers, "one per core"), ("retries", retries, "no retry"))
+    for key, value, zero in flags:
+        if value is None:
+            continue
+        try:
+            ExecutorConfig.from_dict({key: value})
+        except ConfigError:
+            raise UserError(f"--{key}: got {value}, expected an integer >= 0 (0: {zero}), as "
+                            f"executor.{key} in a study file") from None  # fmt: skip
+        setattr(cfg, key, value)
+    return cfg
 
 
 def write_plan(study: Study, spec_text: str) -> list[Task]:
@@ -145,18 +180,21 @@ def make_executor(cfg: ExecutorConfig, study: Study) -> Any:
 
 def analyze_and_report(study: Study, c: Collected, budgets: Any, force: bool = False) -> Path:
     """study.json and report.html from the collected tables, unless they are already up to date
-    for exactly these results."""
+    for exactly these results and these settings (budgets, title, what collect left out)."""
     out = study.out_dir
     digest = hashlib.sha256((out / "results.csv").read_bytes()
                             + (out / "curves.csv").read_bytes()).hexdigest()  # fmt: skip
+    title = f"moescale study: {study.name}"
+    try:
+        settings = {"budgets": [float(b) for b in budgets], "title": title}
+    except (TypeError, ValueError):
+        raise UserError(f"report.budgets: got {budgets!r}, expected a list of compute budgets "
+                        "in FLOPs, e.g. [1e18, 1e20]") from None  # fmt: skip
+    problems = [{"path": p, "reason": r} for p, r in c.problems]
     html = out / "report.html"
-    if not force and html.exists() and (out / "study.json").exists():
-        try:
-            if json.loads((out / "study.json").read_text()).get("results_sha256") == digest:
-                logger.info("report: up to date with the results (%s)", html)
-                return html
-        except ValueError:
-            pass
+    if not force and html.exists() and _up_to_date(out / "study.json", digest, settings, problems):
+        logger.info("report: up to date with the results and settings (%s)", html)
+        return html
     from moescale.report import write_report
     from moescale.study.analyze import analyze
 
@@ -164,20 +202,44 @@ def analyze_and_report(study: Study, c: Collected, budgets: Any, force: bool = F
     level = laws_log.level
     laws_log.setLevel(logging.ERROR)  # each fit's warnings go into study.json and the report once
     try:
-        analysis = analyze(c.rows, c.curves, budgets=tuple(float(b) for b in budgets))
+        analysis = analyze(c.rows, c.curves, budgets=tuple(settings["budgets"]))
     finally:
         laws_log.setLevel(level)
     if analysis.get("warnings"):
         logger.info("report: %d warnings about the fits (listed in the report and study.json)",
                     len(analysis["warnings"]))  # fmt: skip
     analysis["results_sha256"] = digest
-    analysis["problems"] = [{"path": p, "reason": r} for p, r in c.problems]
+    analysis["report_settings"] = settings
+    analysis["problems"] = problems
     analysis["compute"] = compute_saved(c.rows)
     meta = {"training": analysis["compute"]["summary"]}
-    path = write_report(out, c.rows, c.curves, analysis, title=f"moescale study: {study.name}",
-                        meta=meta)  # fmt: skip
+    path = write_report(out, c.rows, c.curves, analysis, title=title, meta=meta)
     atomic_write_json(out / "study.json", analysis)
     return path
+
+
+def _up_to_date(path: Path, digest: str, settings: dict, problems: list) -> bool:
+    """Whether study.json was computed from these tables with these settings."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    saved = (old.get("results_sha256"), old.get("report_settings"), old.get("problems"))
+    return saved == (digest, settings, problems)
+
+
+def saved_settings(out_dir: Path) -> tuple[str, Any]:
+    """(study name, report budgets) that `moescale study` used for the report in `out_dir`
+    (runs.json, and report.budgets of its copy of the spec), so `moescale report DIR` rebuilds
+    the same page; (the directory's name, DEFAULT_BUDGETS) where no study wrote them."""
+    name, budgets = out_dir.name, DEFAULT_BUDGETS
+    try:
+        name = json.loads((out_dir / "runs.json").read_text()).get("name", name)
+        spec = yaml.safe_load((out_dir / "study.yaml").read_text())
+        budgets = ((spec or {}).get("report") or {}).get("budgets", budgets)
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        pass
+    return str(name), budgets
 
 
 def compute_saved(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -201,11 +263,8 @@ def run_study(
 ) -> StudyOutcome:  # fmt: skip
     study = load_study(path, overrides)
     validate_runs(study)
-    ex_cfg = ExecutorConfig.from_dict(study.executor)
-    if workers is not None:
-        ex_cfg.workers = workers
-    if retries is not None:
-        ex_cfg.retries = retries
+    ex_cfg = executor_config(study, workers, retries)
+    plan_branches(study)
     n_workers, threads = plan_workers(ex_cfg)
     spec_text = Path(path).read_text()
     if dry_run:
@@ -220,6 +279,6 @@ def run_study(
     outcome = StudyOutcome(study, tasks)
     outcome.collected = collect(study.out_dir)
     if report and any(t.state == DONE for t in tasks):
-        budgets = study.report.get("budgets", DEFAULT_BUDGETS)
+        budgets = study.report.get("budgets", DEFAULT_BUDGETS)  # as saved_settings reads it
         outcome.report = analyze_and_report(study, outcome.collected, budgets)
     return outcome

@@ -185,7 +185,7 @@ def execute(tasks: list[Task], executor: Any, retries: int) -> list[Task]:
                     break
                 ok = ready(t, by_name)
                 if ok is None:
-                    t.state, t.reason = SKIPPED, f"its trunk {t.run.trunk} failed"
+                    t.state = SKIPPED  # ready() gave the reason
                     progress.update(t, f"skipped {t.name}: {t.reason}")
                 elif ok:
                     t.state, t.started = RUNNING, time.perf_counter()

@@ -257,7 +257,61 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+AXIS_FIX = {
+    "ladder": "change the ladder instead (n_layers or params, d_model_per_layer, ffn_ratio, "
+    "head_dim; or shapes: [...])",
+    "architectures": "change the architectures entries instead (experts, top_k, granularity, "
+    "router; or add an MoE entry)",
+    "seeds": "change seeds: [...] instead",
+    "tokens": "change tokens: instead (budgets, per_param or isoflop)",
+}
+
+
+def axis_keys(data: Mapping[str, Any]) -> dict[str, str]:
+    """{config key: the axis that writes it into each of its runs}: a --set or base value of
+    one of these keys would change none of them (the ladder's shapes, the MoE keys that every
+    architecture sets, the seeds, the token budgets), so it is refused rather than silently
+    ignored (and not validated against a base shape that no run has)."""
+    if "ladder" not in data:
+        return {}
+    ladder = data["ladder"]
+    shapes = ladder.get("shapes") if isinstance(ladder, Mapping) else None
+    names = {"n_layers", "d_model", "d_ff", "n_heads"}
+    if isinstance(shapes, list) and shapes:  # the keys every shape sets
+        names = set.intersection(*(set(sh) if isinstance(sh, Mapping) else set() for sh in shapes))
+    keys = {f"model.{k}": "ladder" for k in names}
+    archs = [parse_arch(a, i) for i, a in enumerate(data.get("architectures", ["dense"]))]
+    moe = [a for a in archs if a.experts]
+    if not moe:  # every run is dense: model.moe is removed
+        keys["model.moe"] = "architectures"
+    for key in ("experts", "top_k", "granularity", "router"):
+        if moe and all(getattr(a, key) is not None for a in moe):  # set by every MoE entry
+            keys[f"model.moe.{key}"] = "architectures"
+    if "seeds" in data:
+        keys["train.seed"] = "seeds"
+    keys["train.tokens"] = "tokens"
+    return keys
+
+
+def check_axis_keys(data: Mapping[str, Any], overrides: list[str] | None) -> None:
+    """A ConfigError for a --set or inline base key that an axis overwrites (see `axis_keys`);
+    a base read from a file is a whole training config, whose model shape the axes replace."""
+    axes = axis_keys(data)
+    given = {f"--set {k}": k for k in (o.split("=", 1)[0].strip() for o in overrides or [])}
+    if isinstance(data.get("base"), Mapping):
+        given.update({f"base.{k}": k for k, v in flatten(data["base"]).items() if v is not None})
+    for where, key in given.items():
+        for axis_key, axis in axes.items():
+            if key == axis_key or axis_key.startswith(key + ".") or key.startswith(axis_key + "."):
+                why = (f"every architecture is dense (no run has {axis_key})"
+                       if axis_key == "model.moe" else f"the study's {axis} key sets "
+                       f"{axis_key} in each of its runs")  # fmt: skip
+                raise _err(where, f"{why}, so this value would change none of them; "
+                           f"{AXIS_FIX[axis]}")  # fmt: skip
+
+
 def _base(data: Mapping[str, Any], base_dir: Path, overrides: list[str] | None) -> dict:
+    check_axis_keys(data, overrides)
     base = data.get("base", {})
     if isinstance(base, str):
         base = read_yaml(base_dir / base)

@@ -3,7 +3,9 @@ progress display over all of them (no torch).
 
 A task is ready when its run is not done yet and, for a WSD branch, its trunk's stable-phase
 checkpoint exists (checkpoints are written atomically, so existing means complete). A branch
-whose trunk failed for good before writing that checkpoint is skipped, with the reason.
+whose trunk failed for good before writing that checkpoint is skipped, with the reason; one whose
+trunk finished without it (a budget added after the trunk was trained) starts from an earlier
+checkpoint instead (`rebase_branch`), so no task waits for a checkpoint that will never come.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from moescale.atomic import atomic_write_text
 from moescale.fmt import duration
 from moescale.run import RunDirError, read_summary_or_none
 from moescale.study.spec import Run
@@ -81,12 +86,13 @@ def is_done(task: Task) -> bool:
 
 
 def ready(task: Task, by_name: dict[str, Task]) -> bool | None:
-    """True: may start; False: not yet; None: never (its trunk failed without the checkpoint)."""
+    """True: may start; False: not yet; None: never (task.reason says why)."""
     if task.state != PENDING:
         return False
     if task.eval_tasks:  # evaluates the run once it is trained; never, if its training failed
         train = by_name.get(task.run.name)
         if train is not None and train.state in (FAILED, SKIPPED):
+            task.reason = "its training failed"
             return None
         return trained(task.run_dir) is not None
     src = task.waits_for
@@ -94,8 +100,48 @@ def ready(task: Task, by_name: dict[str, Task]) -> bool | None:
         return True
     trunk = by_name.get(task.run.trunk)
     if trunk is not None and trunk.state in (FAILED, SKIPPED):
+        task.reason = f"its trunk {trunk.name} failed"
         return None
+    if trunk is not None and trunk.state == DONE:  # finished without this branch's checkpoint
+        note = rebase_branch(task.run)
+        if not note:
+            task.reason = f"its trunk {trunk.name} finished without the checkpoint {src}"
+            return None
+        logger.info("%s", note)
+        atomic_write_text(task.config_path, yaml.safe_dump(task.run.config, sort_keys=False))
+        return True
     return False
+
+
+def rebase_branch(run: Run) -> str:
+    """Start a WSD branch from an earlier checkpoint of its trunk when the trunk finished without
+    the one at the branch's decay start; what changed (for the log), or "" when nothing did.
+
+    This happens when a budget is added to a study whose trunks are trained: a trunk's name leaves
+    out train.branch_tokens, so it is not retrained, and it kept only the branch points it knew.
+    The branch then starts from the trunk's newest kept checkpoint at or before that step and
+    trains the missing stable-phase steps itself. They are the trunk's own steps (same config but
+    train.tokens, same peak lr, same batches: the sampler is a function of the step), so the
+    branch is exactly the run it would have been, for a few more steps; its name does not change
+    (train.init_from is not in it). With no such checkpoint it trains from scratch, as a
+    separate run: still exact, and cheaper than retraining the trunk."""
+    src = run.config["train"].get("init_from")
+    if not run.trunk or not src or Path(src).exists() or trained(Path(src).parent.parent) is None:
+        return ""  # not a branch, its checkpoint is there, or its trunk will still write it
+    from moescale.train.checkpoint import list_checkpoints  # torch-free
+
+    wanted, trunk = run.branch_step, run.trunk
+    earlier = [(s, p) for s, p in list_checkpoints(Path(src).parent) if s <= wanted]
+    if earlier:
+        run.branch_step, path = earlier[-1]
+        run.config["train"]["init_from"] = str(path)
+        return (f"study: {run.name} starts from step {run.branch_step} of its trunk {trunk} "
+                f"({path}): the trunk finished without a checkpoint at step {wanted} (its budget "
+                "was added later); the branch trains the steps in between itself")  # fmt: skip
+    del run.config["train"]["init_from"]
+    run.trunk, run.branch_step = "", 0
+    return (f"study: {run.name} trains from scratch: its trunk {trunk} finished without a "
+            f"checkpoint at or before step {wanted} (its budget was added later)")  # fmt: skip
 
 
 def order(tasks: list[Task]) -> list[Task]:
