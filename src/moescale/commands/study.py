@@ -7,8 +7,11 @@ learning rate, seeds) or an explicit list of runs; see examples/quickstart.yaml 
 --dry-run prints every run with its parameters, tokens, FLOPs and an estimated wall time from a
 short measured calibration, and trains nothing. Re-running the same command resumes: finished
 runs are kept, interrupted ones continue from their checkpoints, and the report is rebuilt only
-if the results changed. Ctrl-C stops the workers cleanly. --set overrides a key of the base
-config (e.g. --set train.device=cuda). Exit status: 0 when every run finished, 1 when some
+if the results or report.budgets changed; a token budget added to a finished study trains only
+its new decay branch (from the trunk's nearest earlier checkpoint when the trunk never kept its
+own). Ctrl-C stops the workers cleanly. --set overrides a key of the base config (e.g. --set
+train.device=cuda); a key that the ladder, architectures, seeds or tokens set in every run is
+refused (change that axis instead). Exit status: 0 when every run finished, 1 when some
 failed (the report is still written from the others), 130 when interrupted.
 """
 
