@@ -217,3 +217,21 @@ def test_matched_pairs_say_what_routing_aware_flops_would_charge() -> None:
     want = [p["routing_aware_ratio"] for p in fg_vs_moe["pairs"]]
     assert (lo, hi) == (min(want), max(want))
     assert any("routing-aware FLOPs, the fine-grained MoE runs spent +1." in c for c in a["claims"])
+
+
+def test_headline_gives_the_measured_answer_in_a_few_lines() -> None:
+    from moescale.commands.study import headline
+
+    a = analysis("full")
+    lines = headline(a)
+    pairs = [line for line in lines if "nats," in line]
+    names = [p.split(" (")[0].strip() for p in pairs]  # one line per design, pairs in order
+    assert list(dict.fromkeys(names)) == [
+        "dense minus standard MoE", "dense minus fine-grained MoE",
+        "standard MoE minus fine-grained MoE"]  # fmt: skip
+    assert len(pairs) == sum(len(sec["designs"]) for sec in a["equal_compute"]["matched"].values())
+    fg = a["equal_compute"]["matched"]["fine-grained_vs_moe"]["designs"][0]
+    assert f"{fg['mean_difference'][0]:.3g}" in pairs[-1] and f"{fg['n']} pair(s)" in pairs[-1]
+    assert any(line.startswith("laws: ") and "krajewski" in line for line in lines)
+    assert lines[-1] == f"{len(a['claims'])} claims and {len(a['warnings'])} warnings in the report"
+    assert headline({}) == ["0 claims and 0 warnings in the report"]  # nothing fitted: no crash

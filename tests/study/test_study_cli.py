@@ -54,6 +54,8 @@ def test_tiny_study_end_to_end(tmp_path: Path, corpus_dir: Path, capsys):
     for b64 in images:
         assert mpimg.imread(io.BytesIO(base64.b64decode(b64)), format="png").size > 0
     assert "report:" in out and str(study / "report.html") in out
+    analysis = json.loads((study / "study.json").read_text())  # the answer, on the console too
+    assert f"{len(analysis['claims'])} claims and {len(analysis['warnings'])} warnings" in out
 
     # a second call trains nothing and does not rewrite the report
     before = _summaries(study)

@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from moescale.commands.study import print_headline
     from moescale.errors import UserError
     from moescale.study.collect import collect
     from moescale.study.driver import analyze_and_report, saved_settings
@@ -43,5 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if not c.rows:
         raise UserError(f"{args.dir}: no finished runs to report on")
     study = Study(name, Path(args.dir), [], {}, {})
-    print(f"report: {analyze_and_report(study, c, budgets, force=args.force)}")
+    html = analyze_and_report(study, c, budgets, force=args.force)
+    print(f"report: {html}")
+    print_headline(html.parent / "study.json")
     return 0

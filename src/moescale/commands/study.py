@@ -18,6 +18,10 @@ failed (the report is still written from the others), 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 from moescale.commands import add_set_flag
 
@@ -49,4 +53,45 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {t.state}: {t.run.name}: {t.reason}")
     if outcome.report is not None:
         print(f"report: {outcome.report}")
+        print_headline(outcome.report.parent / "study.json")
     return 1 if outcome.failed else 0
+
+
+def print_headline(study_json: Path) -> None:
+    """The study's answer in a few lines, from the study.json the report was built with."""
+    try:
+        analysis = json.loads(study_json.read_text())
+    except (OSError, ValueError):
+        return  # the report path was printed; its page says the rest
+    for line in headline(analysis):
+        print(line)
+
+
+def headline(a: Mapping[str, Any]) -> list[str]:
+    """The study's answer in a few console lines (after `moescale study` and `report`): the
+    measured equal-compute differences, the law used per architecture, and what else the
+    report holds; the rest is in the report."""
+    from moescale.study.analysis_claims import NAMES, g, iv, skipped
+
+    out = []
+    matched = (a.get("equal_compute") or {}).get("matched", {})
+    for key in ("moe_vs_dense", "fine-grained_vs_dense", "fine-grained_vs_moe"):
+        sec = matched.get(key)
+        if sec is None or skipped(sec):
+            continue
+        new, base = key.split("_vs_")
+        for d in sec["designs"]:
+            design = f"E {g(d['experts'])}" + (f", G {g(d['granularity'])}"
+                                               if d["granularity"] > 1 else "")  # fmt: skip
+            out.append(f"  {NAMES[base]} minus {NAMES[new]} ({design}): "
+                       f"{iv(d['mean_difference'])} nats, {d['n']} pair(s)")  # fmt: skip
+    if out:
+        out.insert(0, "equal compute, matched runs (validation loss, 95 %; > 0: the second "
+                   "is better):")  # fmt: skip
+    laws = [f"{NAMES[v]} {sec['primary']}" for v, sec in a.get("laws", {}).items()
+            if not skipped(sec) and sec.get("primary")]  # fmt: skip
+    if laws:
+        out.append("laws: " + "; ".join(laws))
+    out.append(f"{len(a.get('claims', []))} claims and {len(a.get('warnings', []))} warnings "
+               "in the report")  # fmt: skip
+    return out

@@ -425,3 +425,4 @@ def collect_warnings(a: Mapping[str, Any]) -> list[dict[str, str]]:
             seen.add(key)
             uniq.append(w)
     return uniq
+
