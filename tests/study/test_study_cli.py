@@ -163,7 +163,12 @@ def test_dry_run_lists_runs_and_estimates_without_training(tmp_path: Path, corpu
     assert main(["study", str(spec), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "8 runs (4 WSD branches)" in out and "saved" in out and "estimated wall time" in out
-    assert len([line for line in out.splitlines() if line.startswith(("dense-", "fg-"))]) == 8
+    rows = [line for line in out.splitlines() if line.startswith(("dense-", "fg-"))]
+    assert len(rows) == 8
+    # each branch names the trunk checkpoint it decays from
+    assert sum(line.endswith("scratch") for line in rows) == 4
+    assert all(re.search(r"step \d+ of (dense|fg)-\S+$", line) for line in rows
+               if not line.endswith("scratch"))  # fmt: skip
     assert not (tmp_path / "study" / "runs").exists()  # nothing trained
 
 

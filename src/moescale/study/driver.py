@@ -148,7 +148,7 @@ def dry_run_table(study: Study, estimates: dict[str, float], workers: int) -> st
     from moescale.accounting import count
 
     lines = [f"{'run':44s} {'arch':>13s} {'N active':>9s} {'N total':>9s} {'tokens':>7s} "
-             f"{'FLOPs':>8s} {'spent':>8s} {'est':>7s}"]  # fmt: skip
+             f"{'FLOPs':>8s} {'spent':>8s} {'est':>7s}  starts from"]  # fmt: skip
     spent_total = point_total = 0.0
     for r in study.runs:
         cfg = config_from_dict(copy.deepcopy(r.config))
@@ -157,9 +157,10 @@ def dry_run_table(study: Study, estimates: dict[str, float], workers: int) -> st
         per_step = cfg.train.batch_size * cfg.model.seq_len
         spent = a.flops_per_token * (r.tokens - r.branch_step * per_step)
         spent_total, point_total = spent_total + spent, point_total + flops
+        start = f"step {r.branch_step} of {r.trunk}" if r.trunk else "scratch"
         lines.append(f"{r.name:44s} {r.arch:>13s} {human(a.params_active):>9s} "
                      f"{human(a.params_total):>9s} {human(r.tokens):>7s} {human(flops):>8s} "
-                     f"{human(spent):>8s} {duration(estimates[r.name]):>7s}")  # fmt: skip
+                     f"{human(spent):>8s} {duration(estimates[r.name]):>7s}  {start}")  # fmt: skip
     n_branch = sum(bool(r.trunk) for r in study.runs)
     lines.append(
         f"{len(study.runs)} runs ({n_branch} WSD branches), {human(spent_total)}FLOP to train "
