@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 from moescale.commands import STDOUT, add_checkpoint_flags, add_json_flag, emit_json, logs_to_stderr
@@ -103,14 +102,12 @@ def run(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
     if not (args.text or tasks or args.tasks_dir):
         raise UserError("nothing to evaluate: give --text FILE, --tasks NAMES or --tasks-dir DIR.")
-    for path in args.text:  # before the checkpoint is loaded
-        if not Path(path).is_file():
-            raise UserError(f"--text {path}: no such file.")
-    for flag, value in (("--stride", args.stride), ("--batch-size", args.batch_size)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} {value}: must be a positive integer.")
+    from moescale.eval.perplexity import check_flags, read_text
+
+    check_flags(args.stride, args.batch_size)  # before the checkpoint is loaded
+    texts = {path: read_text(path) for path in args.text}  # so is every file
     with logs_to_stderr(args.json_out == STDOUT):
-        entries = _evaluate(args, tasks)
+        entries = _evaluate(args, tasks, texts)
     if args.json_out != STDOUT:
         _print(entries)
     if args.json_out:
@@ -118,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace, tasks: list[str]) -> dict[str, dict[str, Any]]:
+def _evaluate(
+    args: argparse.Namespace, tasks: list[str], texts: dict[str, str]
+) -> dict[str, dict[str, Any]]:
     from moescale.eval import load_run
     from moescale.eval.perplexity import evaluate_file
     from moescale.eval.results import record_eval
@@ -129,8 +128,8 @@ def _evaluate(args: argparse.Namespace, tasks: list[str]) -> dict[str, dict[str,
     set_threads(args.threads)
     run = load_run(args.run_dir, args.step, args.device)
     entries: dict[str, dict[str, Any]] = {}
-    for path in args.text:
-        key, record = evaluate_file(run, path, args.stride, args.batch_size)
+    for path, text in texts.items():
+        key, record = evaluate_file(run, path, args.stride, args.batch_size, text)
         entries[key] = record
     if tasks or args.tasks_dir:
         from moescale.eval.tasks import run_tasks

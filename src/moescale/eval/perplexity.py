@@ -75,16 +75,22 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def check_flags(stride: int | None, batch_size: int, seq_len: int | None = None) -> None:
+    """--stride and --batch-size; `moescale eval` checks them before the checkpoint is loaded,
+    when the run's seq_len (the stride's upper bound) is not known yet."""
+    if stride is not None and not 1 <= stride <= (seq_len or stride):
+        bound = f" ({seq_len})" if seq_len else ""
+        raise UserError(f"--stride {stride} must lie between 1 and the run's seq_len{bound}.")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size} must be at least 1.")
+
+
 def evaluate_text(
     run: LoadedRun, text: str, stride: int | None = None, batch_size: int = 16
 ) -> TextEval:
     """Score every token of `text` (see the module docstring for the windows)."""
     stride = run.seq_len if stride is None else stride
-    if not 1 <= stride <= run.seq_len:
-        raise UserError(f"--stride {stride} must lie between 1 and the run's seq_len "
-                        f"({run.seq_len}).")  # fmt: skip
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size} must be at least 1.")
+    check_flags(stride, batch_size, run.seq_len)
     ids = run.encode(text)
     if not ids:
         raise UserError("the text encodes to no tokens: there is nothing to score.")
@@ -125,12 +131,14 @@ def ratio_se(sums: np.ndarray, counts: np.ndarray) -> float:
 
 
 def evaluate_file(
-    run: LoadedRun, path: str | Path, stride: int | None = None, batch_size: int = 16
-) -> tuple[str, dict[str, Any]]:
-    """(eval.json key, record) of one text file: `evaluate_text` plus what was evaluated."""
+    run: LoadedRun, path: str | Path, stride: int | None = None, batch_size: int = 16,
+    text: str | None = None,
+) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """(eval.json key, record) of one text file: `evaluate_text` plus what was evaluated.
+    `text`: the file's contents when the caller has read them already (`read_text`)."""
     from moescale.eval.results import text_key
 
-    text = read_text(path)
+    text = read_text(path) if text is None else text
     res = evaluate_text(run, text, stride, batch_size)
     record = {"kind": "text", "path": str(Path(path).resolve()), "sha256": text_sha256(text),
               "step": run.step, **res.to_dict()}  # fmt: skip
