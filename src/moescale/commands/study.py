@@ -71,7 +71,7 @@ def headline(a: Mapping[str, Any]) -> list[str]:
     """The study's answer in a few console lines (after `moescale study` and `report`): the
     measured equal-compute differences, the law used per architecture, and what else the
     report holds; the rest is in the report."""
-    from moescale.study.analysis_claims import NAMES, g, iv, skipped
+    from moescale.study.analysis_claims import NAMES, design_label, iv, skipped
 
     out = []
     matched = (a.get("equal_compute") or {}).get("matched", {})
@@ -81,9 +81,7 @@ def headline(a: Mapping[str, Any]) -> list[str]:
             continue
         new, base = key.split("_vs_")
         for d in sec["designs"]:
-            design = f"E {g(d['experts'])}" + (f", G {g(d['granularity'])}"
-                                               if d["granularity"] > 1 else "")  # fmt: skip
-            out.append(f"  {NAMES[base]} minus {NAMES[new]} ({design}): "
+            out.append(f"  {NAMES[base]} minus {NAMES[new]} ({design_label(d)}): "
                        f"{iv(d['mean_difference'])} nats, {d['n']} pair(s)")  # fmt: skip
     if out:
         out.insert(0, "equal compute, matched runs (validation loss, 95 %; > 0: the second "

@@ -159,6 +159,11 @@ def _equal_compute(a: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def design_label(d: Mapping[str, Any]) -> str:
+    """A matched design (its experts and granularity) in words: "E 8" or "E 8, G 4"."""
+    return f"E {g(d['experts'])}" + (f", G {g(d['granularity'])}" if d["granularity"] > 1 else "")
+
+
 def _matched(a: Mapping[str, Any]) -> list[str]:
     out = []
     for key, sec in a["equal_compute"]["matched"].items():
@@ -173,8 +178,7 @@ def _matched(a: Mapping[str, Any]) -> list[str]:
                 f"{NAMES[new]} is better",
                 f"{NAMES[new]} is worse",
             )
-            design = f"E {g(d['experts'])}" + (f", G {g(d['granularity'])}"
-                                               if d["granularity"] > 1 else "")  # fmt: skip
+            design = design_label(d)
             claim = (f"Measured on {d['n']} pair(s) of runs with equal N_active and tokens "
                      f"({NAMES[new]} with {design} lower in {d['wins']} of {d['n']}), "
                      f"{NAMES[base]} minus {NAMES[new]} validation loss is {iv(t)} nats (95 % "
@@ -425,4 +429,3 @@ def collect_warnings(a: Mapping[str, Any]) -> list[dict[str, str]]:
             seen.add(key)
             uniq.append(w)
     return uniq
-
