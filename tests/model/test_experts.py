@@ -117,3 +117,21 @@ def test_bf16_error_does_not_grow_with_granularity():
     at_g1, at_g16 = _bf16_errors(1), _bf16_errors(16)
     for e1, e16 in zip(at_g1, at_g16, strict=True):  # output, input gradient
         assert e16 < 1.1 * e1, (at_g1, at_g16)
+
+
+@pytest.mark.parametrize("G", [1, 8])
+def test_float64_stays_float64(G):
+    """A float64 run (gradient checks, numerics studies) sums the slots in float64: the float32
+    floor for bf16 must not round it to float32 (1e-7 relative error instead of 1e-15)."""
+    gen = torch.Generator().manual_seed(G)
+    n_tok, d, hid, n_exp, k = 64, 16, 32 // G, 4 * G, 2 * G
+    x = torch.randn(n_tok, d, generator=gen, dtype=torch.float64)
+    idx, w = random_routing(n_tok, n_exp, k, gen)
+    w13 = torch.randn(n_exp, d, 2 * hid, generator=gen, dtype=torch.float64) * 0.3
+    w2 = torch.randn(n_exp, hid, d, generator=gen, dtype=torch.float64) * 0.3
+    y_ref, g_ref = run_backend("reference", x, idx, w.double(), w13, w2)
+    y, g = run_backend("grouped", x, idx, w.double(), w13, w2)
+    assert y.dtype == torch.float64
+    assert rel_err(y, y_ref) < 1e-12
+    for name, a, b in zip(["x", "weights", "w13", "w2"], g, g_ref, strict=True):
+        assert rel_err(a, b) < 1e-12, name

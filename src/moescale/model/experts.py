@@ -52,6 +52,11 @@ def reference_experts(
     return y_TD
 
 
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half and bfloat16, else the dtype itself (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _sort_slots(expert_idx_TK: torch.Tensor, n_experts: int):
     """Order kept slots by expert. Returns (slot order, token of each sorted slot, counts)."""
     k = expert_idx_TK.shape[1]
@@ -69,8 +74,9 @@ class _LoopExperts(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_TD, w_M, w13_XDH, w2_XFD, tok_M, counts):
         n_hidden = w2_XFD.shape[1]
-        # a token's k*G slots are summed in float32 (a bf16 sum's error would grow with G)
-        y_TD = torch.zeros_like(x_TD, dtype=torch.float32)
+        # a token's k*G slots are summed in float32 at least (a bf16 sum's error would grow with G)
+        acc = accumulate_dtype(x_TD.dtype)
+        y_TD = torch.zeros_like(x_TD, dtype=acc)
         ab_MH = x_TD.new_empty(tok_M.shape[0], 2 * n_hidden)  # gate and up pre-activations
         start = 0
         for e, n in enumerate(counts):
@@ -81,7 +87,7 @@ class _LoopExperts(torch.autograd.Function):
             ab = torch.mm(x_TD.index_select(0, tok), w13_XDH[e], out=ab_MH[sl])
             a, b = ab[:, :n_hidden], ab[:, n_hidden:]
             g = F.silu(a).mul_(b).mul_(w_M[sl, None])
-            y_TD.index_add_(0, tok, (g @ w2_XFD[e]).float())  # .float(): no-op in float32
+            y_TD.index_add_(0, tok, (g @ w2_XFD[e]).to(acc))  # no-op in float32
             start += n
         ctx.counts = counts
         ctx.save_for_backward(x_TD, w_M, w13_XDH, w2_XFD, tok_M, ab_MH)
@@ -92,7 +98,8 @@ class _LoopExperts(torch.autograd.Function):
         x_TD, w_M, w13_XDH, w2_XFD, tok_M, ab_MH = ctx.saved_tensors
         n_hidden = w2_XFD.shape[1]
         dy_TD = dy_TD.contiguous()
-        dx_TD = torch.zeros_like(x_TD, dtype=torch.float32)
+        acc = accumulate_dtype(x_TD.dtype)
+        dx_TD = torch.zeros_like(x_TD, dtype=acc)
         dw_M = torch.zeros_like(w_M)
         dw13 = torch.zeros_like(w13_XDH)
         dw2 = torch.zeros_like(w2_XFD)
@@ -118,7 +125,7 @@ class _LoopExperts(torch.autograd.Function):
             # one fused pass for d silu(a) / da (recomputing the sigmoid was 5 passes over M x F)
             silu_backward(dg.mul_(b), a, grad_input=dab[:, :n_hidden])
             torch.mm(x.T, dab, out=dw13[e])
-            dx_TD.index_add_(0, tok, (dab @ w13_XDH[e].T).float())
+            dx_TD.index_add_(0, tok, (dab @ w13_XDH[e].T).to(acc))
             start += n
         return dx_TD.to(x_TD.dtype), dw_M, dw13, dw2, None, None
 
@@ -162,7 +169,8 @@ def grouped_experts(
         # Back to slot order, then sum each token's K slots: no atomics (index_add_ would be
         # non-deterministic on CUDA), accumulation in float32. Dropped slots stay zero.
         out_SD = out_MD.new_zeros(n_tok * k, out_MD.shape[1]).index_copy(0, order_M, out_MD)
-        return out_SD.view(n_tok, k, out_SD.shape[-1]).sum(1, dtype=torch.float32).to(dtype)
+        acc = accumulate_dtype(dtype)
+        return out_SD.view(n_tok, k, out_SD.shape[-1]).sum(1, dtype=acc).to(dtype)
 
 
 BACKENDS: dict[str, Backend] = {"reference": reference_experts, "grouped": grouped_experts}

@@ -170,12 +170,14 @@ def expert_parallel_forward(
             backend=backend,
         )
 
-    # 5. back to the sender; weights applied here; each token's K slots summed in float32
+    # 5. back to the sender; weights applied here; each token's K slots summed in float32 (or
+    # float64 in a float64 run)
     out_MD = _exchange(h_RD, send_splits, recv_splits, group, world)
     w_M = weight_TK.reshape(-1)[order_M].to(out_MD.dtype)
     out_SD = out_MD.new_zeros(n_tok * k, out_MD.shape[1])
     out_SD = out_SD.index_copy(0, order_M, out_MD * w_M[:, None])
-    y_TD = out_SD.view(n_tok, k, out_MD.shape[1]).sum(1, dtype=torch.float32).to(out_MD.dtype)
+    acc = experts.accumulate_dtype(out_MD.dtype)
+    y_TD = out_SD.view(n_tok, k, out_MD.shape[1]).sum(1, dtype=acc).to(out_MD.dtype)
 
     stats = ExpertParallelStats(
         tokens_per_local_expert=recv_PL.sum(0),
