@@ -142,3 +142,47 @@ def test_messages_show_plain_values(tmp_path: Path) -> None:
     with pytest.raises(UserError) as exc:
         fit_table(path, bootstrap_draws=0)
     assert "row 2 has -1.0 (1 bad row)" in str(exc.value) and "np." not in str(exc.value)
+
+
+# ---------- populations one law cannot tell apart ----------
+def study_rows(hyper: bool) -> list[dict[str, object]]:
+    """A study's results table in miniature: three architectures, and (with `hyper`) runs of a
+    learning-rate sweep; the hyper column is empty on the base runs."""
+    rows = []
+    for name, e, g, gain in (("dense", 1, 1, 1.0), ("moe", 8, 1, 0.97), ("fg", 8, 4, 0.95)):
+        for n in (1e6, 3e6, 1e7, 3e7):
+            for d in (1e8, 1e9, 1e10):
+                rows.append({"arch_name": name, "experts": e, "granularity": g, "hyper": "",
+                             "params_active": n, "params_total": e * n, "tokens": d,
+                             "val_loss": gain * law(n, d)})  # fmt: skip
+                if hyper and name == "dense" and d == 1e9:
+                    rows.append({**rows[-1], "hyper": "lr", "val_loss": 1.05 * law(n, d)})
+    return rows
+
+
+def codes(res) -> set[str]:
+    return {w["code"] for w in res.warnings}
+
+
+def test_pooled_architectures_and_sweeps_are_warned(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "t.csv", study_rows(hyper=True))
+    res = fit_table(path, "chinchilla", bootstrap_draws=0)
+    assert {"mixed_architectures", "hyper_sweep_rows"} <= codes(res)
+    mixed = next(w["message"] for w in res.warnings if w["code"] == "mixed_architectures")
+    assert "3 architectures (dense, fg, moe)" in mixed and "E, G" in mixed
+    assert "--where \"arch_name == 'dense'\"" in mixed
+    # the remedies the messages name remove them
+    one = TableOptions(where="arch_name == 'dense' and hyper == ''")
+    assert not codes(fit_table(path, "chinchilla", bootstrap_draws=0, options=one)) & {
+        "mixed_architectures", "hyper_sweep_rows"}  # fmt: skip
+    # a law with an input for what varies: only the rest is named
+    moe = TableOptions(where="arch_name != 'dense' and hyper == ''")
+    res = fit_table(path, "krajewski", bootstrap_draws=0, options=moe)
+    assert "mixed_architectures" not in codes(res)  # E is constant, G is the law's input
+
+
+def test_a_table_without_sweep_rows_is_not_warned(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "t.csv", study_rows(hyper=False))
+    res = fit_table(path, "chinchilla", bootstrap_draws=0, options=TableOptions(
+        where="arch_name == 'moe'"))  # fmt: skip
+    assert not codes(res) & {"mixed_architectures", "hyper_sweep_rows"}

@@ -424,6 +424,7 @@ def isoflop_table(
     return replace(
         res, columns=inp.columns, sources=inp.sources, flops_convention=inp.convention,
         table=str(path), selection=selection(options, len(inp.loss)),
+        warnings=[*inp.warnings, *res.warnings],
     )  # fmt: skip
 
 

@@ -195,6 +195,36 @@ def diagnose(
     return [{"code": code, "message": m} for code, m, _ in found], order, intervals
 
 
+def pooling_warnings(
+    table: Mapping[str, np.ndarray], law_inputs: Sequence[str]
+) -> list[dict[str, str]]:
+    """Rows from populations the law cannot tell apart (each also logged): experts or
+    granularity that vary where the law has no E or G input (one law through dense, MoE and
+    fine-grained runs), and the off-default runs of a study's hyperparameter sweep (column
+    `hyper`). A results table of a study holds both, so a plain `fit` of it would pool them."""
+    found = []
+    varied = {symbol: col for symbol, col in (("E", "experts"), ("G", "granularity"))
+              if symbol not in law_inputs and len(np.unique(table.get(col, []))) > 1}  # fmt: skip
+    if varied:
+        names = table.get("arch_name", table.get("arch"))
+        archs = sorted({str(v) for v in names}) if names is not None else []
+        pick = (f"--where \"arch_name == '{archs[0]}'\"" if archs else
+                f"--where \"{next(iter(varied.values()))} == 1\"")  # fmt: skip
+        what = f"{len(archs)} architectures ({', '.join(archs)})" if archs else "the rows"
+        found.append(("mixed_architectures", f"{what} differ in {' and '.join(varied.values())}, "
+                      f"which the law has no input for ({', '.join(varied)}): one law through "
+                      f"all of them; fit each apart ({pick}) or use a law with "
+                      f"{' and '.join(varied)}"))  # fmt: skip
+    swept = sorted({str(v) for v in table.get("hyper", []) if isinstance(v, str) and v})
+    if swept:
+        found.append(("hyper_sweep_rows", f"rows from the {' and '.join(swept)} sweep (column "
+                      "hyper) are runs away from the base hyperparameters; add --where "
+                      "\"hyper == ''\" to leave them out"))  # fmt: skip
+    for _, message in found:
+        log.warning(message)
+    return [{"code": code, "message": m} for code, m in found]
+
+
 def selection(options: object, rows: int) -> dict[str, object]:
     """The row selection of a `table.TableOptions` as a fit's JSON records it (the columns are
     recorded apart), with the number of rows it kept."""

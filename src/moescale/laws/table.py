@@ -26,6 +26,7 @@ import numpy as np
 from moescale.errors import UserError
 from moescale.fmt import plural
 from moescale.laws.forms import EXTRA_INPUTS, LawForm
+from moescale.laws.result import pooling_warnings
 from moescale.run import Col
 
 log = logging.getLogger(__name__)
@@ -295,6 +296,7 @@ class FitInputs:
     sources: dict[str, str] = field(default_factory=dict)
     convention: str = ""
     budget: np.ndarray | None = None  # a nominal-budget column (IsoFLOP grouping)
+    warnings: list[dict[str, str]] = field(default_factory=list)  # pooled populations
 
     def take(self, idx: np.ndarray) -> FitInputs:
         pick = None if self.groups is None else self.groups[idx]
@@ -439,6 +441,7 @@ def load_inputs(path: str | Path, form: LawForm, options: TableOptions) -> FitIn
         table = select_rows(table, options.where, {**aliases, **columns})
     check_one_tokenizer(table)
     inp = fit_inputs(table, form, columns, options.n_from_flops)
+    inp.warnings = pooling_warnings(table, form.inputs)
     if options.best_of:
         by = options.group_by or ("N", "D", *(x.symbol for x in form.extras))
         inp = keep_best(inp, table, options.best_of, by)
