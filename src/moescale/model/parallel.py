@@ -170,12 +170,10 @@ def expert_parallel_forward(
             backend=backend,
         )
 
-    # 5. back to the sender; weights applied here; each token's K slots summed in float32 (or
-    # float64 in a float64 run)
+    # 5. back to the sender; weights applied here; a token's K slots summed in float32 at least
     out_MD = _exchange(h_RD, send_splits, recv_splits, group, world)
-    w_M = weight_TK.reshape(-1)[order_M].to(out_MD.dtype)
-    out_SD = out_MD.new_zeros(n_tok * k, out_MD.shape[1])
-    out_SD = out_SD.index_copy(0, order_M, out_MD * w_M[:, None])
+    out_MD = out_MD * weight_TK.reshape(-1)[order_M].to(out_MD.dtype)[:, None]
+    out_SD = out_MD.new_zeros(n_tok * k, out_MD.shape[1]).index_copy(0, order_M, out_MD)
     acc = experts.accumulate_dtype(out_MD.dtype)
     y_TD = out_SD.view(n_tok, k, out_MD.shape[1]).sum(1, dtype=acc).to(out_MD.dtype)
 
