@@ -235,3 +235,50 @@ def test_headline_gives_the_measured_answer_in_a_few_lines() -> None:
     assert any(line.startswith("laws: ") and "krajewski" in line for line in lines)
     assert lines[-1] == f"{len(a['claims'])} claims and {len(a['warnings'])} warnings in the report"
     assert headline({}) == ["0 claims and 0 warnings in the report"]  # nothing fitted: no crash
+
+
+def _swept_rows(losses: dict[str, dict[str, float]]) -> list[dict]:
+    """One swept cell: per variant, the base run ('base') and runs of a batch-size sweep."""
+    rows = []
+    for variant, by in losses.items():
+        for setting, loss in by.items():
+            rows.append({"run": f"{variant}-{setting}", "variant": variant, "status": "done",
+                         "experts": 1 if variant == "dense" else 8, "top_k": 1,
+                         "granularity": 4 if variant == "fine-grained" else 1, "n_layers": 2,
+                         "d_model": 64, "params_active": 1e5, "tokens": 2e5, "lr": 0.003,
+                         "hyper": "" if setting == "base" else "batch_size",
+                         "batch_size": 16 if setting == "base" else int(setting),
+                         "val_loss": loss, "val_loss_se": 0.01})  # fmt: skip
+    return rows
+
+
+def test_the_comparison_at_each_architectures_best_swept_point() -> None:
+    """One batch size and LR for every architecture may suit one of them: where the sweep ran,
+    the analysis compares them at the shared base and each at its best swept point, and warns
+    when a resolved difference reverses between the two."""
+    from moescale.study.analysis_claims import claims, collect_warnings
+    from moescale.study.analysis_hyper import at_best_swept
+
+    kept = at_best_swept(_swept_rows({"dense": {"base": 6.10, "8": 5.90, "32": 6.40},
+                                      "fine-grained": {"base": 6.00, "8": 5.67, "32": 6.37}}))
+    (cell,) = kept["cells"]
+    dense = cell["archs"]["dense E1 k1 G1"]
+    assert dense["base"]["loss"] == 6.10 and dense["best"] == {
+        "axis": "batch_size", "batch_size": 8, "lr": 0.003, "loss": 5.90, "se": 0.01}
+    assert cell["order_base"] == cell["order_best"] and cell["reversed"] == []
+    flipped = at_best_swept(_swept_rows({"dense": {"base": 6.10, "8": 5.50},
+                                         "fine-grained": {"base": 6.00, "8": 5.67}}))
+    assert flipped["cells"][0]["reversed"] == [["dense E1 k1 G1", "fine-grained E8 k1 G4"]]
+    # within the errors (0.01 each) a swap is not a reversal
+    close = at_best_swept(_swept_rows({"dense": {"base": 6.10, "8": 5.66},
+                                       "fine-grained": {"base": 6.00, "8": 5.67}}))
+    assert close["cells"][0]["reversed"] == []
+    a = analysis("full")
+    for sec, words, warned in ((kept, "no resolved difference reverses", False),
+                               (flipped, "dense against fine-grained MoE reverses", True)):
+        a["hyper"]["at_best_swept"] = sec
+        said = [c for c in claims(a) if c.startswith("Where batch size and LR were swept")]
+        assert len(said) == 1 and words in said[0], said
+        assert "dense 5.500 (batch 8)" in said[0] or "dense 5.900 (batch 8)" in said[0]
+        codes = {w["code"] for w in collect_warnings(a)}
+        assert ("shared_hyperparameters" in codes) == warned

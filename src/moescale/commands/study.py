@@ -71,7 +71,7 @@ def headline(a: Mapping[str, Any]) -> list[str]:
     """The study's answer in a few console lines (after `moescale study` and `report`): the
     measured equal-compute differences, the law used per architecture, and what else the
     report holds; the rest is in the report."""
-    from moescale.study.analysis_claims import NAMES, design_label, iv, skipped
+    from moescale.study.analysis_words import NAMES, design_label, iv, skipped
 
     out = []
     matched = (a.get("equal_compute") or {}).get("matched", {})

@@ -18,57 +18,22 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-NAMES = {"dense": "dense", "moe": "standard MoE", "fine-grained": "fine-grained MoE"}
+from moescale.study.analysis_words import (
+    NAMES,
+    cap,
+    design_label,
+    display,
+    g,
+    iv,
+    sign,
+    skipped,
+)
+
 PAPERS = {  # (the finding, who reports it)
     "moe": ("MoE beats dense at equal compute", "Wang et al. 2024; Ludziejewski et al. 2025"),
     "fine-grained": ("fine-grained MoE beats standard MoE at equal FLOPs", "Krajewski et al. 2024"),
 }
 MIN_DRAWS = 20  # fewer usable bootstrap draws than this give no interval worth comparing
-
-
-def display(key: str) -> str:
-    """An architecture's name for a sentence: a variant, or a hyper-law key such as
-    'moe E8 k2 G1' ('standard MoE (E 8, k 2)')."""
-    if key in NAMES:
-        return NAMES[key]
-    parts = key.split(" ")
-    if len(parts) == 4:
-        e, k, gr = (p[1:] for p in parts[1:])
-        gtxt = f", G {gr}" if gr != "1" else ""
-        return f"{NAMES.get(parts[0], parts[0])} (E {e}, k {k}{gtxt})"
-    return key
-
-
-def cap(sentence: str) -> str:
-    return sentence[:1].upper() + sentence[1:]
-
-
-def g(v: Any, digits: int = 3) -> str:
-    """A number to `digits` significant digits ('?' when missing)."""
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "?"
-    return f"{v:.{digits}g}"
-
-
-def iv(t: Sequence[Any] | None, digits: int = 3) -> str:
-    """'v [lo, hi]' of a [value, lo, hi] triple; 'v (no interval)' without bounds."""
-    if not t:
-        return "?"
-    if len(t) < 3 or t[1] is None or t[2] is None:
-        return f"{g(t[0], digits)} (no interval)"
-    return f"{g(t[0], digits)} [{g(t[1], digits)}, {g(t[2], digits)}]"
-
-
-def sign(t: Sequence[Any] | None) -> int | None:
-    """+1 / −1 when the interval excludes zero on that side, 0 when it includes zero, None
-    without an interval."""
-    if not t or len(t) < 3 or t[1] is None or t[2] is None:
-        return None
-    return 1 if t[1] > 0 else -1 if t[2] < 0 else 0
-
-
-def skipped(section: Any) -> bool:
-    return not section or (isinstance(section, Mapping) and "skipped" in section)
 
 
 def _verdict(t: Sequence[Any] | None, paper: str, better: str, worse: str) -> str:
@@ -159,11 +124,6 @@ def _equal_compute(a: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def design_label(d: Mapping[str, Any]) -> str:
-    """A matched design (its experts and granularity) in words: "E 8" or "E 8, G 4"."""
-    return f"E {g(d['experts'])}" + (f", G {g(d['granularity'])}" if d["granularity"] > 1 else "")
-
-
 def _matched(a: Mapping[str, Any]) -> list[str]:
     out = []
     for key, sec in a["equal_compute"]["matched"].items():
@@ -172,12 +132,8 @@ def _matched(a: Mapping[str, Any]) -> list[str]:
         new, base = key.split("_vs_")
         for d in sec["designs"]:
             t = d["mean_difference"]
-            verdict = _verdict(
-                t,
-                "fine-grained" if base == "moe" else "moe",
-                f"{NAMES[new]} is better",
-                f"{NAMES[new]} is worse",
-            )
+            verdict = _verdict(t, "fine-grained" if base == "moe" else "moe",
+                               f"{NAMES[new]} is better", f"{NAMES[new]} is worse")  # fmt: skip
             design = design_label(d)
             claim = (f"Measured on {d['n']} pair(s) of runs with equal N_active and tokens "
                      f"({NAMES[new]} with {design} lower in {d['wins']} of {d['n']}), "
@@ -190,6 +146,38 @@ def _matched(a: Mapping[str, Any]) -> list[str]:
                 claim += (f" Counted with Krajewski et al.'s routing-aware FLOPs, the {NAMES[new]} "
                           f"runs spent {span} compute against their partners.")  # fmt: skip
             out.append(claim)
+    return out
+
+
+def _swept_point(name: str, p: Mapping[str, Any], best: bool) -> str:
+    """'dense 5.904 (batch 8)': a loss where the sweep ran, with the setting when swept."""
+    how = ("" if not best else " (the base)" if p["axis"] == "base" else
+           f" (batch {g(p['batch_size'])})" if p["axis"] == "batch_size" else
+           f" (LR {g(p['lr'])})")  # fmt: skip
+    return f"{name} {p['loss']:.3f}{how}"
+
+
+def _best_swept(a: Mapping[str, Any]) -> list[str]:
+    """The comparison where batch size and LR were swept: at the shared base, and each
+    architecture at its best swept point (analysis_hyper.at_best_swept)."""
+    sec = None if skipped(a["hyper"]) else a["hyper"].get("at_best_swept")
+    out = []
+    for c in [] if skipped(sec) else sec["cells"]:
+        vs = [k.split(" ")[0] for k in c["archs"]]
+        name = {k: NAMES[v] if vs.count(v) == 1 else display(k)
+                for k, v in zip(c["archs"], vs, strict=True)}  # fmt: skip
+        at = {w: ", ".join(_swept_point(name[k], c["archs"][k][w], w == "best")
+                           for k in c[f"order_{w}"]) for w in ("base", "best")}  # fmt: skip
+        b = c["archs"][c["order_base"][0]]["base"]
+        flips = "; ".join(f"{name[x]} against {name[y]}" for x, y in c["reversed"])
+        out.append(f"Where batch size and LR were swept ({g(c['n_layers'])} layers, d_model "
+                   f"{g(c['d_model'])}, {c['tokens']:,.0f} tokens), the shared base (batch "
+                   f"{g(b['batch_size'])}, LR {g(b['lr'])}) gives {at['base']}; each "
+                   f"architecture at its best swept point gives {at['best']}" + (
+                       f": {flips} reverses (resolved at both), so the equal-compute comparison "
+                       "at the base measures the shared hyperparameters too." if flips else
+                       ": no resolved difference reverses, so the shared base does not decide "
+                       "the order here."))  # fmt: skip
     return out
 
 
@@ -352,7 +340,7 @@ def _hyper_noise(a: Mapping[str, Any]) -> list[str]:
 
 TOPICS = (
     ("The study", (_scope,)),
-    ("Architectures at equal compute", (_equal_compute, _matched)),
+    ("Architectures at equal compute", (_equal_compute, _matched, _best_swept)),
     ("Fine-grained against standard MoE", (_granularity,)),
     ("Batch size, learning rate and noise scale", (_hyper_noise,)),
     ("Plans and data efficiency", (_plans, _efficiency)),
@@ -422,6 +410,8 @@ def collect_warnings(a: Mapping[str, Any]) -> list[dict[str, str]]:
                     out.append({"section": f"plans/{v}", "code": "plan", "message": w})
     if not skipped(a["hyper"]):
         out += [{"section": "hyper", "code": "note", "message": n} for n in a["hyper"]["notes"]]
+        out += [{"section": "hyper", "code": "shared_hyperparameters", "message": m}
+                for m in _best_swept(a) if "reverses (resolved" in m]  # fmt: skip
     seen, uniq = set(), []
     for w in out:
         key = (w["section"], w.get("message"))

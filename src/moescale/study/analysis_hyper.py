@@ -29,6 +29,7 @@ from moescale.laws.hyper import GOOD_SCHEDULES, arch_keys
 from moescale.study.analysis_data import (
     Curve,
     num,
+    seed_point,
     skipped,
     text,
     usable,
@@ -182,7 +183,67 @@ def hyper_section(results: Sequence[Mapping[str, Any]], curves: Mapping[str, Cur
     out["band_laws"] = _band_laws(rows, bootstrap, seed)
     out["heatmaps"] = _heatmaps(good, curves)
     out["at_common_loss"] = _hyper_at_common(out["curve_laws"], bootstrap, seed)
+    out["at_best_swept"] = at_best_swept(results)
     return out
+
+
+def at_best_swept(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Where the sweep ran (one size, one token count): every architecture at the study's
+    shared base batch size and LR, and each at the best of its swept points.
+
+    Why: the ladder trains all architectures with one batch size and LR, and their optima
+    differ (Wang et al. 2024), so an equal-compute comparison at the base may measure how well
+    the base suits each. If the order of the architectures holds at each one's best swept
+    point, the shared base did not make it. Seeds of one setting count at their mean."""
+    ok = [r for r in results if usable(r)]
+
+    def cell(r: Mapping[str, Any]) -> tuple[float, float, float]:
+        return num(r.get("n_layers")), num(r.get("d_model")), num(r.get("tokens"))
+
+    swept = {cell(r) for r in ok if text(r.get("hyper"))}
+    by: dict[tuple[float, ...], dict[str, dict[tuple[Any, ...], list]]] = {}
+    for r in (r for r in ok if cell(r) in swept):
+        arch = " ".join([variant_of(r), *(f"{c}{num(r.get(k)):g}" for c, k in
+                         (("E", "experts"), ("k", "top_k"), ("G", "granularity")))])  # fmt: skip
+        setting = (text(r.get("hyper")), num(r.get("batch_size")), num(r.get("lr")))
+        by.setdefault(cell(r), {}).setdefault(arch, {}).setdefault(setting, []).append(r)
+    cells = []
+    for (layers, d_model, tokens), archs in sorted(by.items()):
+        entry = {}
+        for arch, settings in sorted(archs.items()):
+            pts = {s: seed_point(rows) for s, rows in settings.items()}
+            base = [s for s in pts if not s[0]]
+            if base and len(pts) > 1:
+                best = min(pts, key=lambda s: pts[s].loss)
+                entry[arch] = {k: {"axis": s[0] or "base", "batch_size": s[1], "lr": s[2],
+                                   "loss": pts[s].loss, "se": pts[s].loss_se}
+                               for k, s in (("base", base[0]), ("best", best))}  # fmt: skip
+        if len(entry) > 1:
+            order = {k: sorted(entry, key=lambda a: entry[a][k]["loss"]) for k in ("base", "best")}
+            cells.append({"n_layers": layers, "d_model": d_model, "tokens": tokens,
+                          "archs": entry, "order_base": order["base"],
+                          "order_best": order["best"], "reversed": _reversed(entry)})  # fmt: skip
+    if not cells:
+        return skipped("no swept size has two architectures with both base and swept runs")
+    return {"cells": cells}
+
+
+def _reversed(entry: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+    """Pairs of architectures whose difference is resolved (95 %, independent errors) at the
+    base and at the best swept points, with opposite signs: an order the shared base made."""
+
+    def side(a: str, b: str, k: str) -> int:
+        x, y = entry[a][k], entry[b][k]
+        diff, se = y["loss"] - x["loss"], math.hypot(x["se"], y["se"])
+        return 0 if not math.isfinite(se) or abs(diff) <= 1.96 * se else 1 if diff > 0 else -1
+
+    names = sorted(entry)
+    return [
+        [a, b]
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+        if side(a, b, "base") * side(a, b, "best") < 0
+    ]
 
 
 def _curve_laws(rows: Sequence[Mapping[str, Any]], curves: Mapping[str, Curve], bootstrap: int,
