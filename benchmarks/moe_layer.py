@@ -302,7 +302,7 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> list[dict]:
     for g in args.granularity:
         by = {r["impl"]: r["ms_all"] for r in rows if r["granularity"] == g and "ms_all" in r}
         parts = [f"G={g}:"]
-        for peer in ("hf_default", "hf_fastest", "dense"):
+        for peer in ("hf_default", "hf_fastest", "hf_eager", "dense"):
             if peer in by:
                 ratio = paired_ratio(by[peer], by["grouped"])
                 out.append({"impl": "ratio", "granularity": g, "of": f"{peer}/grouped", **ratio})
