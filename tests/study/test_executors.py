@@ -59,7 +59,10 @@ def test_submitit_local_executor_runs_the_study(tmp_path: Path, corpus_dir: Path
 
 
 def test_ctrl_c_stops_workers_and_leaves_runs_resumable(tmp_path: Path, corpus_dir: Path):
-    spec = write_study(tmp_path, corpus_dir, **SMALL, executor={"workers": 1, "threads": 1})
+    # budgets long enough that the Ctrl-C lands mid-run even when this test process is slow to
+    # be scheduled (with SMALL's 2k tokens, a busy machine let both runs finish first)
+    longer = {**SMALL, "tokens": {"budgets": [16384, 32768]}}
+    spec = write_study(tmp_path, corpus_dir, **longer, executor={"workers": 1, "threads": 1})
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "moescale.cli", "study", str(spec),
                              "--no-report"], env=env, start_new_session=True,
