@@ -262,13 +262,13 @@ def test_the_comparison_at_each_architectures_best_swept_point() -> None:
     kept = at_best_swept(_swept_rows({"dense": {"base": 6.10, "8": 5.90, "32": 6.40},
                                       "fine-grained": {"base": 6.00, "8": 5.67, "32": 6.37}}))
     (cell,) = kept["cells"]
-    dense = cell["archs"]["dense E1 k1 G1"]
+    dense = cell["archs"]["dense"]
     assert dense["base"]["loss"] == 6.10 and dense["best"] == {
         "axis": "batch_size", "batch_size": 8, "lr": 0.003, "loss": 5.90, "se": 0.01}
     assert cell["order_base"] == cell["order_best"] and cell["reversed"] == []
     flipped = at_best_swept(_swept_rows({"dense": {"base": 6.10, "8": 5.50},
                                          "fine-grained": {"base": 6.00, "8": 5.67}}))
-    assert flipped["cells"][0]["reversed"] == [["dense E1 k1 G1", "fine-grained E8 k1 G4"]]
+    assert flipped["cells"][0]["reversed"] == [["dense", "fine-grained E8 k1 G4"]]
     # within the errors (0.01 each) a swap is not a reversal
     close = at_best_swept(_swept_rows({"dense": {"base": 6.10, "8": 5.66},
                                        "fine-grained": {"base": 6.00, "8": 5.67}}))

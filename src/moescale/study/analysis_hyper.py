@@ -85,6 +85,16 @@ def _sweeps(results: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any
     ] if len(base) < len(keys) else []
 
 
+def _arch_names(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """The laws engine's architecture key of each row ('dense', 'moe E8 k2 G1', ...), from the
+    row's variant: the names the heatmaps, the laws and the comparisons here share."""
+    if not rows:
+        return np.array([])
+    table = {k: np.array([variant_of(r) if k == "arch" else num(r.get(k)) for r in rows])
+             for k in ("arch", "experts", "top_k", "granularity")}  # fmt: skip
+    return arch_keys(table, len(rows))
+
+
 def _curve_table(rows: Sequence[Mapping[str, Any]], curves: Mapping[str, Curve]
                  ) -> dict[str, np.ndarray]:  # fmt: skip
     """The long table `curve_laws` reads: one row per logged step of every run given."""
@@ -109,9 +119,7 @@ def _curve_table(rows: Sequence[Mapping[str, Any]], curves: Mapping[str, Curve]
 
 def _heatmaps(rows: Sequence[Mapping[str, Any]], curves: Mapping[str, Curve]) -> list[dict]:
     """Per architecture, size and axis: the loss over (value, tokens) and its optimum line."""
-    table = {k: np.array([variant_of(r) if k == "arch" else num(r.get(k)) for r in rows])
-             for k in ("arch", "experts", "top_k", "granularity")}  # fmt: skip
-    names = arch_keys(table, len(rows)) if rows else np.array([])
+    names = _arch_names(rows)
     out = []
     for axis in AXES:
         other = "lr" if axis == "batch_size" else "batch_size"
@@ -201,17 +209,16 @@ def at_best_swept(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return num(r.get("n_layers")), num(r.get("d_model")), num(r.get("tokens"))
 
     swept = {cell(r) for r in ok if text(r.get("hyper"))}
+    rows = [r for r in ok if cell(r) in swept]
     by: dict[tuple[float, ...], dict[str, dict[tuple[Any, ...], list]]] = {}
-    for r in (r for r in ok if cell(r) in swept):
-        arch = " ".join([variant_of(r), *(f"{c}{num(r.get(k)):g}" for c, k in
-                         (("E", "experts"), ("k", "top_k"), ("G", "granularity")))])  # fmt: skip
+    for r, arch in zip(rows, _arch_names(rows), strict=True):
         setting = (text(r.get("hyper")), num(r.get("batch_size")), num(r.get("lr")))
-        by.setdefault(cell(r), {}).setdefault(arch, {}).setdefault(setting, []).append(r)
+        by.setdefault(cell(r), {}).setdefault(str(arch), {}).setdefault(setting, []).append(r)
     cells = []
     for (layers, d_model, tokens), archs in sorted(by.items()):
         entry = {}
         for arch, settings in sorted(archs.items()):
-            pts = {s: seed_point(rows) for s, rows in settings.items()}
+            pts = {s: seed_point(runs) for s, runs in settings.items()}
             base = [s for s in pts if not s[0]]
             if base and len(pts) > 1:
                 best = min(pts, key=lambda s: pts[s].loss)
@@ -259,15 +266,13 @@ def _curve_laws(rows: Sequence[Mapping[str, Any]], curves: Mapping[str, Curve], 
 
 
 def _band_laws(rows: Sequence[Mapping[str, Any]], bootstrap: int, seed: int) -> dict[str, Any]:
-    table = {k: np.array([variant_of(r) if k == "arch" else num(r.get(k)) for r in rows])
-             for k in ("arch", "experts", "top_k", "granularity")}  # fmt: skip
     get = {
         k: np.array([num(r.get(k)) for r in rows])
         for k in ("params_active", "tokens", "flops_simple", "batch_size", "lr", "val_loss")
     }
     try:
         laws = fit_hyper_laws(
-            arch_keys(table, len(rows)),
+            _arch_names(rows),
             get["params_active"],
             get["tokens"],
             get["batch_size"],
