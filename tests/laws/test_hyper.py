@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from moescale.laws.heatmap import batch_heatmap, lr_heatmap
 from moescale.laws.hyper import (
-    batch_heatmap,
     fit_hyper_laws,
     fit_power_law,
     hyper_laws_from_table,
-    lr_heatmap,
     near_optimal_mask,
 )
 

@@ -35,18 +35,16 @@ from moescale.laws.forms import (
     wang,
 )
 from moescale.laws.granularity import GranularityOptimum, Sizing, optimal_granularity
+from moescale.laws.heatmap import Heatmap, batch_heatmap, lr_heatmap
 from moescale.laws.hyper import (
-    Heatmap,
     HyperLaws,
     PowerLaw,
-    batch_heatmap,
     curve_laws,
     curves_from_runs,
     fit_hyper_laws,
     fit_loglinear,
     fit_power_law,
     hyper_laws_from_table,
-    lr_heatmap,
 )
 from moescale.laws.isoflop import BudgetProfile, IsoFLOPResult, fit_isoflop, isoflop_table
 from moescale.laws.plan import HyperResult, Plan, make_plan, read_hyper

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from moescale.errors import UserError
-from moescale.laws.heatmap import Heatmap, batch_heatmap, heatmap, lr_heatmap  # noqa: F401
+from moescale.laws.heatmap import heatmap
 from moescale.laws.table import numeric_column
 from moescale.run import Col, Metric, RunPaths, read_metrics, read_summary
 
