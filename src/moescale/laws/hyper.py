@@ -269,7 +269,7 @@ def _band(data: Mapping[str, np.ndarray], cells: np.ndarray, keep: np.ndarray, o
             f"(N, D), a law needs {MIN_SWEPT_CELLS}: sweep it at more sizes or tokens (a study's "
             "hyper.sizes, hyper.tokens); one value per cell says nothing of its optimum"
         )
-        return {}, dict.fromkeys(names, why), {}, keep & False
+        return {}, dict.fromkeys(names, why), {}, np.zeros_like(keep)
     use = keep & np.isin(cells, swept)
     sub = {k: v[use] for k, v in data.items()}
     laws, skipped = _fit_named(sub, names, bootstrap, seed)
@@ -297,7 +297,7 @@ def fit_hyper_laws(
         data = dict(N=n[sel], D=d[sel], C=c[sel], L=loss[sel], batch=batch[sel], lr=lr[sel])
         keep = near_optimal_mask(data["N"], data["D"], data["L"], tol, cell_tol=cell_tol)
         cells = cell_ids(nominal(data["N"], cell_tol), nominal(data["D"], cell_tol))
-        laws, skipped, holdout, used = {}, {}, {}, keep & False
+        laws, skipped, holdout, used = {}, {}, {}, np.zeros_like(keep)
         for y in ("batch", "lr"):
             fitted, why, errs, use = _band(data, cells, keep, y, bootstrap, seed, holdout_frac)
             laws, skipped, holdout, used = laws | fitted, skipped | why, holdout | errs, used | use
