@@ -26,6 +26,7 @@ import numpy as np
 from moescale.errors import UserError
 from moescale.laws import batch_heatmap, curve_laws, fit_hyper_laws, fit_loglinear, lr_heatmap
 from moescale.laws.hyper import GOOD_SCHEDULES, arch_keys
+from moescale.study.analysis_compare import Z95
 from moescale.study.analysis_data import (
     Curve,
     num,
@@ -242,7 +243,7 @@ def _reversed(entry: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
     def side(a: str, b: str, k: str) -> int:
         x, y = entry[a][k], entry[b][k]
         diff, se = y["loss"] - x["loss"], math.hypot(x["se"], y["se"])
-        return 0 if not math.isfinite(se) or abs(diff) <= 1.96 * se else 1 if diff > 0 else -1
+        return 0 if not math.isfinite(se) or abs(diff) <= Z95 * se else 1 if diff > 0 else -1
 
     names = sorted(entry)
     return [
