@@ -63,6 +63,27 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def flop_list(text: str | None, flag: str = "--budgets") -> list[float] | None:
+    """A comma list of FLOP budgets ('1e18,1e20'), each positive and finite, or None when
+    `text` is empty. One parser for every command that takes budgets, so they refuse the same
+    input with the same words."""
+    if not text or not text.strip():
+        return None
+    values = []
+    for item in (v.strip() for v in text.split(",")):
+        try:
+            value = float(item) if item else math.nan
+        except ValueError:
+            value = math.nan
+        if not (value > 0 and math.isfinite(value)):
+            raise UserError(
+                f"{flag} {text!r}: {item!r} is not a positive FLOP count; "
+                "give numbers such as 1e18,1e20,1e22"
+            )
+        values.append(value)
+    return values
+
+
 def finite_or_none(o: Any) -> Any:
     """Non-finite floats become null, so the JSON stays standard."""
     if isinstance(o, float):

@@ -26,7 +26,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from moescale.commands import STDOUT, add_json_flag, emit_json, logs_to_stderr
+from moescale.commands import STDOUT, add_json_flag, emit_json, flop_list, logs_to_stderr
 from moescale.errors import UserError
 from moescale.fmt import plural, sig
 from moescale.laws.forms import BUILTIN, EXTRA_INPUTS
@@ -148,17 +148,6 @@ def _add_row_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _budgets(text: str | None) -> list[float] | None:
-    if not text:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(
-            f"--budgets takes FLOP counts such as 6e18,1e19,3e19; got {text!r}"
-        ) from None
-
-
 def run(args: argparse.Namespace) -> int:
     from moescale.laws.result import FitResult
     from moescale.laws.table import TableOptions
@@ -199,7 +188,7 @@ def _fit(args: argparse.Namespace, options: TableOptions) -> FitResult | IsoFLOP
             if used:
                 raise UserError(f"--method isoflop fits no law; leave out {flag}")
         return isoflop_table(
-            args.table, options=options, budgets=_budgets(args.budgets), tol=args.budget_tol,
+            args.table, options=options, budgets=flop_list(args.budgets), tol=args.budget_tol,
             draws=args.bootstrap, seed=args.seed,
         )  # fmt: skip
     from moescale.laws.fit import fit_table

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from moescale.commands import flop_list
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="study directory")
@@ -31,13 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from moescale.study.spec import Study
 
     name, budgets = saved_settings(Path(args.dir))
-    if args.budgets is not None:
-        try:
-            budgets = [float(b) for b in args.budgets.split(",")]
-        except ValueError:
-            raise UserError(
-                f"--budgets {args.budgets!r}: expected numbers like 1e18,1e20"
-            ) from None
+    budgets = flop_list(args.budgets) or budgets
     c = collect(args.dir)
     for path, reason in c.problems:
         print(f"  not collected: {path}: {reason}")

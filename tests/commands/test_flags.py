@@ -1,0 +1,36 @@
+"""The flag conventions every command shares (moescale/commands/__init__.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moescale.commands import flop_list
+from moescale.errors import UserError
+
+
+def test_flop_list_reads_a_comma_list() -> None:
+    assert flop_list("1e18, 3e19,1e20") == [1e18, 3e19, 1e20]
+    assert flop_list(None) is None and flop_list(" ") is None
+
+
+@pytest.mark.parametrize("text", ["-1e20", "1e18,0", "1e18,nan", "1e18,inf", "1e18,,1e20", "a lot"])
+def test_flop_list_refuses_what_is_not_a_positive_count(text: str) -> None:
+    with pytest.raises(UserError, match="--budgets .* is not a positive FLOP count"):
+        flop_list(text)
+
+
+@pytest.mark.parametrize("command", ["report", "fit"])
+def test_bad_budgets_stop_before_writing(command: str, tmp_path: Path, capsys) -> None:
+    from moescale.cli import main
+
+    target = tmp_path / "results.csv" if command == "fit" else tmp_path
+    if command == "fit":
+        target.write_text("N,D,loss\n1e6,1e8,3.0\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    extra = ["--method", "isoflop"] if command == "fit" else []
+    assert main([command, str(target), *extra, "--budgets=1e20,-1e22"]) == 2
+    err = capsys.readouterr().err
+    assert "'-1e22' is not a positive FLOP count" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
