@@ -118,7 +118,11 @@ def test_explicit_runs(tmp_path: Path):
      ({"architectures": ["dense", "dense"]}, "expected 'dense' or a mapping|distinct"),
      ({"hyper": {"sizes": [5], "lr": [1e-3]}}, "ladder indices"),
      ({"seeds": [-1]}, "seeds"),
-     ({"colour": "red"}, "unknown keys")],
+     ({"colour": "red"}, "unknown keys"),
+     ({"report": {"budgets": [1e20], "colour": "red"}}, r"report: unknown keys \['colour'\]"),
+     ({"report": {"budgets": [1e20, -1e22]}}, r"report.budgets\[1\]: .* positive"),
+     ({"report": {"budgets": [float("nan")]}}, r"report.budgets\[0\]"),
+     ({"tokens": {"budgets": [float("inf")]}}, r"tokens.budgets\[0\]")],
 )  # fmt: skip
 def test_bad_specs_name_the_key(tmp_path: Path, extra, match):
     with pytest.raises(ConfigError, match=match):

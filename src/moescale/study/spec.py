@@ -126,7 +126,7 @@ def _list(value: Any, where: str, kind: type = float) -> list:
             x = kind(float(v)) if kind is int else kind(v)
         except (TypeError, ValueError):
             raise _err(f"{where}[{i}]", f"got {v!r}, expected a number") from None
-        if kind is int and float(v) != x or x <= 0:
+        if kind is int and float(v) != x or not 0 < x < math.inf:
             raise _err(f"{where}[{i}]", f"got {v!r}, expected a positive {kind.__name__}")
         out.append(x)
     return out
@@ -350,6 +350,10 @@ def expand(
         raise _err("executor/report/eval", "expected mappings")
     if unknown := set(evaluation) - {"tasks", "limit"}:
         raise _err("eval", f"unknown keys {sorted(unknown)}; accepted: tasks, limit")
+    if unknown := set(report) - {"budgets"}:
+        raise _err("report", f"unknown keys {sorted(unknown)}; accepted: budgets")
+    if "budgets" in report:  # checked now: the report is written after the whole study trained
+        report = {"budgets": _list(report["budgets"], "report.budgets")}
     study = Study(name, out_dir, list(seen.values()), dict(executor), dict(report),
                   dict(evaluation))  # fmt: skip
     study.eval_tasks()  # validated now, not after the training
