@@ -85,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
     with logs_to_stderr(args.json_out == STDOUT):
         method, laws = _laws(args)
     unit = args.batch_unit or UNITS[args.batch_col]
-    boot = {"bootstrap": args.bootstrap, "seed": args.seed}
-    settings = {"inputs": list(args.inputs), "batch_col": args.batch_col, **boot,
+    settings = {"inputs": list(args.inputs), "batch_col": args.batch_col, **_boot(args),
                 "definition": DEFINITIONS[method]}  # fmt: skip
     res = HyperResult(method, laws, unit, args.seq_len, settings)
     if args.json_out != STDOUT:
@@ -94,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         emit_json(res.to_json(), args.json_out)
     return 0
+
+
+def _boot(args: argparse.Namespace) -> dict[str, int]:
+    """The bootstrap settings the laws are fitted with, and that the JSON records."""
+    return {"bootstrap": args.bootstrap, "seed": args.seed}
 
 
 def _laws(args: argparse.Namespace) -> tuple[str, dict[str, HyperLaws]]:
@@ -112,7 +116,7 @@ def _laws(args: argparse.Namespace) -> tuple[str, dict[str, HyperLaws]]:
     _check_columns(table, method, args)
     if args.batch_unit is None and args.batch_col not in UNITS:
         raise UserError(f"--batch-col {args.batch_col}: say its unit with --batch-unit")
-    boot = {"bootstrap": args.bootstrap, "seed": args.seed}
+    boot = _boot(args)
     if method == "curves":
         laws = curve_laws(table, batch_col=args.batch_col, levels=args.levels,
                           smooth=args.smooth, **boot)  # fmt: skip
