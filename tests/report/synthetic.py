@@ -61,16 +61,17 @@ def _row(name: str, variant: str, layers: int, tokens: float, e: float, g: float
          loss: float, **kw: Any) -> dict[str, Any]:  # fmt: skip
     c = counts(layers, e, g, k)
     fpt_simple = 6 * c["params_active"]
+    fpt_routing = fpt_simple + 6 * c["params_router"]  # a stand-in that charges routing more
     fpt = 3 * (2 * (c["params_active"] - 2 * D_MODEL * layers - D_MODEL + D_MODEL * 4096)
                + 4 * SEQ * D_MODEL * layers)  # fmt: skip
     row = {
         "run": name, "status": "done", "arch": "dense" if variant == "dense" else "moe",
         "variant": variant, "experts": e, "granularity": g, "top_k": k, "seq_len": SEQ, **c,
         "flops_per_token": fpt, "flops_per_token_simple": fpt_simple,
-        "flops_per_token_routing_aware": fpt_simple, "batch_size": BATCH,
+        "flops_per_token_routing_aware": fpt_routing, "batch_size": BATCH,
         "batch_tokens": BATCH * SEQ, "lr": LR, "schedule": "constant", "tokens": tokens,
         "flops": fpt * tokens, "flops_simple": fpt_simple * tokens,
-        "flops_routing_aware": fpt_simple * tokens, "flops_spent": fpt * tokens,
+        "flops_routing_aware": fpt_routing * tokens, "flops_spent": fpt * tokens,
         "val_loss": loss, "val_loss_se": 0.003, "val_bpb": loss / math.log(2) / 4,
         "noise_scale": None, "noise_scale_loss": None, "seed": 0, "branch_of": "",
         "start_step": 0, "wall_time_s": 10.0, "tokenizer_sha256": "abc123", "hyper": "",

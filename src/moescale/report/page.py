@@ -188,7 +188,7 @@ def render(a: Mapping[str, Any], results: Sequence[Mapping[str, Any]], figs: Seq
         "<h2>Plan</h2><p>Compute-optimal model per architecture and budget, from its planned "
         "law, with 95 % bootstrap intervals; C = 6·N_active·D.</p>" + tables.plan_table(a),
         "<h2>Architectures at equal compute</h2><h3>From the fits</h3>"
-        + tables.equal_compute_table(a) + "<h3>Measured (equal N_active and tokens)</h3>"
+        + tables.equal_compute_table(a) + "<h3>Measured (equal N_active and compute)</h3>"
         + tables.matched_table(a) + "<h3>MoE over dense at the budgets</h3>"
         + tables.efficiency_table(a),
         "<h2>Fitted laws</h2>" + tables.laws_table(a),

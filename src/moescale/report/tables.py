@@ -166,7 +166,7 @@ def equal_compute_table(a: Mapping[str, Any]) -> str:
 
 
 def matched_table(a: Mapping[str, Any]) -> str:
-    """Measured pairs at equal N_active and tokens, per design."""
+    """Measured pairs at equal N_active and compute, per design."""
     rows = []
     for key, sec in a["equal_compute"]["matched"].items():
         new, base = key.split("_vs_")

@@ -135,10 +135,11 @@ def _matched(a: Mapping[str, Any]) -> list[str]:
             verdict = _verdict(t, "fine-grained" if base == "moe" else "moe",
                                f"{NAMES[new]} is better", f"{NAMES[new]} is worse")  # fmt: skip
             design = design_label(d)
-            claim = (f"Measured on {d['n']} pair(s) of runs with equal N_active and tokens "
+            claim = (f"Measured on {d['n']} pair(s) of runs with equal N_active and compute "
                      f"({NAMES[new]} with {design} lower in {d['wins']} of {d['n']}), "
                      f"{NAMES[base]} minus {NAMES[new]} validation loss is {iv(t)} nats (95 % "
                      f"from the runs' standard errors): {verdict}.")  # fmt: skip
+            claim += _read(d, NAMES[base])
             ratio = d.get("routing_aware_ratio")
             if ratio and max(abs(r - 1.0) for r in ratio) >= 0.005:
                 lo, hi = (100 * (r - 1.0) for r in ratio)
@@ -147,6 +148,18 @@ def _matched(a: Mapping[str, Any]) -> list[str]:
                           f"runs spent {span} compute against their partners.")  # fmt: skip
             out.append(claim)
     return out
+
+
+def _read(d: Mapping[str, Any], base: str) -> str:
+    """How many partners' losses were read between their token budgets (at the other run's
+    compute, which its router makes larger at equal tokens), and how many past the last."""
+    read = d.get("baseline_read", {})
+    moved = read.get("interpolated", 0) + read.get("extrapolated", 0)
+    if not moved:
+        return ""
+    past = read.get("extrapolated", 0)
+    return (f" For {moved} of {d['n']} the {base} loss was read at the other run's compute "
+            f"between its token budgets" + (f" ({past} just beyond them)" if past else "") + ".")
 
 
 def _swept_point(name: str, p: Mapping[str, Any], best: bool) -> str:

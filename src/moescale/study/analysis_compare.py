@@ -1,13 +1,17 @@
 """Study analysis, part 4: what the runs themselves say, without a fitted law.
 
-Why: a law extrapolates; a matched pair of runs does not. Two runs with the same N_active and
-the same tokens were trained on the same compute (C = 6·N_active·D; the router is the only
-difference), so their loss difference is a measured equal-compute comparison, with the
-standard errors of the two points (the validation set's, plus the seed spread where a point has
-several seeds: analysis_data.seed_point). Three readings:
+Why: a law extrapolates; a matched pair of runs does not. Three readings:
 
 - `matched`: dense vs MoE, dense vs fine-grained and MoE vs fine-grained (same E and k) at equal
-  N_active (within 5 %) and D (within 2 %);
+  N_active (within 5 %) and equal compute C = 6·N_active·D. Equal N_active and tokens is not
+  quite equal compute: N_active counts the router, which grows with E·G (3 % of a 2-layer
+  quickstart model at G = 4), so at equal tokens the finer design trains on more FLOPs. Each
+  run is therefore compared with its partner's loss *at the run's own compute*, read off the
+  partner model's token budgets (linear in ln C between the two nearest, at most 10 % beyond
+  the last); a partner of one budget serves only where the computes agree within 0.5 %. The
+  errors are the points' standard errors (the validation set's, plus the seed spread where a
+  point has several seeds: analysis_data.seed_point); pairs from one trunk and its branches
+  are scored on the same windows, so their errors are summed, not added in quadrature;
 - `envelope`: each architecture's best measured loss at compute ≤ C (its measured frontier),
   at the compute values all architectures span;
 - `curve_gap`: for matched fine-grained and standard-MoE runs, the training-loss gap at several
@@ -34,6 +38,8 @@ from moescale.study.analysis_data import (
 
 PAIRS = (("dense", "moe"), ("dense", "fine-grained"), ("moe", "fine-grained"))
 N_TOL, D_TOL = 0.05, 0.02
+C_TOL = 0.005  # computes this close need no reading along the partner's budgets
+REACH = math.log(1.1)  # how far (in ln C) a partner's loss is extended past its budgets
 Z95 = 1.959964
 
 
@@ -48,13 +54,53 @@ def _partner(p: Point, others: Sequence[Point], same_design: bool) -> Point | No
     return min(hits, key=lambda q: abs(math.log(q.n_active / p.n_active))) if hits else None
 
 
-def _mean_interval(diffs: np.ndarray, ses: np.ndarray) -> list[float]:
+def _mean_interval(diffs: np.ndarray, ses: np.ndarray, groups: Sequence[Any] = ()) -> list[float]:
     """[mean, lo, hi]: the mean difference and its 95 % interval from the points' errors
-    (nan bounds when an error is missing)."""
+    (nan bounds when an error is missing). Errors of one group (pairs scored on the same
+    validation windows from one trunk) are summed before the groups add in quadrature."""
     m = float(np.mean(diffs))
-    se = float(np.sqrt(np.sum(ses**2)) / len(ses)) if np.all(np.isfinite(ses)) else math.nan
-    return [m, m - Z95 * se, m + Z95 * se]
+    if not np.all(np.isfinite(ses)):
+        return [m, math.nan, math.nan]
+    by_group: dict[Any, float] = {}
+    for i, se in enumerate(ses):
+        key = groups[i] if len(groups) else i
+        by_group[key] = by_group.get(key, 0.0) + float(se)
+    se_mean = math.sqrt(sum(v * v for v in by_group.values())) / len(ses)
+    return [m, m - Z95 * se_mean, m + Z95 * se_mean]
 
+
+def at_compute(series: Sequence[Point], c: float) -> tuple[float, float, str] | None:
+    """(loss, standard error, how) of one model's runs (its token budgets) at compute `c`:
+    linear in ln C between the two nearest budgets, or along the end segment at most REACH
+    beyond; the error bound sums the two points' (they share validation windows). None with
+    fewer than two budgets or out of reach."""
+    pts = sorted(series, key=lambda q: q.compute)
+    xs = [math.log(q.compute) for q in pts]
+    x = math.log(c)
+    if len(pts) < 2 or not xs[0] - REACH <= x <= xs[-1] + REACH:
+        return None
+    i = min(max(int(np.searchsorted(xs, x)), 1), len(xs) - 1)
+    lo, hi = pts[i - 1], pts[i]
+    w = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+    loss = (1.0 - w) * lo.loss + w * hi.loss
+    se = abs(1.0 - w) * lo.loss_se + abs(w) * hi.loss_se
+    return loss, se, "interpolated" if 0.0 <= w <= 1.0 else "extrapolated"
+
+
+def _baseline(p: Point, others: Sequence[Point], same_design: bool):
+    """p's partner of the first architecture at p's compute: (partner run nearest in compute,
+    its loss and error there, how it was read), or None (module doc)."""
+    hits = [q for q in others if _close(q.n_active, p.n_active, N_TOL)
+            and (not same_design or (q.experts == p.experts and q.top_k == p.top_k))]  # fmt: skip
+    if not hits:
+        return None
+    size = min(hits, key=lambda q: abs(math.log(q.n_active / p.n_active))).n_active
+    series = [q for q in hits if q.n_active == size]
+    q = min(series, key=lambda q: abs(math.log(q.compute / p.compute)))
+    if _close(q.compute, p.compute, C_TOL):
+        return q, q.loss, q.loss_se, "measured"
+    read = at_compute(series, p.compute)
+    return None if read is None else (q, *read)
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """A design's pairs: mean difference with its interval, wins, and the range of the second
@@ -63,36 +109,44 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     diffs = np.array([r["difference"] for r in rows])
     ses = np.array([r["se"] for r in rows])
     ratios = [r["routing_aware_ratio"] for r in rows if math.isfinite(r["routing_aware_ratio"])]
+    read = [r["baseline_read"] for r in rows]
     return {"experts": rows[0]["experts"], "granularity": rows[0]["granularity"],
             "pairs": rows, "n": len(rows), "wins": int(np.sum(diffs > 0)),
-            "mean_difference": _mean_interval(diffs, ses),
+            "mean_difference": _mean_interval(diffs, ses, [r["groups"] for r in rows]),
+            "baseline_read": {k: read.count(k) for k in sorted(set(read))},
             "routing_aware_ratio": [min(ratios), max(ratios)] if ratios else None}  # fmt: skip
 
 
 def matched(points: Mapping[str, Sequence[Point]]) -> dict[str, Any]:
     """Measured equal-compute pairs (module doc), per design (E, G) of the second
-    architecture: loss of the first minus the second, > 0 when the second is better."""
+    architecture: loss of the first at the second's compute minus the second's, > 0 when the
+    second is better."""
     out: dict[str, Any] = {}
     for a, b in PAIRS:
         designs: dict[tuple[float, float], list[dict[str, Any]]] = {}
         for p in points.get(b, []):
-            q = _partner(p, points.get(a, []), same_design=(a == "moe"))
-            if q is None:
+            hit = _baseline(p, points.get(a, []), same_design=(a == "moe"))
+            if hit is None:
                 continue
+            q, loss, se, how = hit
+            scale = p.compute / q.compute  # the partner's FLOPs, moved to p's compute
             designs.setdefault((p.experts, p.granularity), []).append({
                 "baseline": q.run, "other": p.run, "n_active": p.n_active, "tokens": p.tokens,
                 "compute": p.compute, "experts": p.experts, "granularity": p.granularity,
-                "baseline_loss": q.loss, "other_loss": p.loss, "difference": q.loss - p.loss,
-                "se": math.hypot(q.loss_se, p.loss_se),
-                "routing_aware_ratio": p.flops_routing / q.flops_routing})  # fmt: skip
+                "baseline_tokens": q.tokens, "baseline_compute": q.compute,
+                "baseline_read": how, "baseline_loss": loss, "other_loss": p.loss,
+                "difference": loss - p.loss, "se": math.hypot(se, p.loss_se),
+                "groups": f"{q.group}|{p.group}",
+                "routing_aware_ratio": p.flops_routing / (q.flops_routing * scale)})  # fmt: skip
         key = f"{b}_vs_{a}"
         if not designs:
-            out[key] = skipped(f"no {b} run has the N_active (within {N_TOL:.0%}) and tokens "
-                               f"(within {D_TOL:.0%}) of a {a} run")  # fmt: skip
+            out[key] = skipped(f"no {b} run has a {a} partner of its N_active (within "
+                               f"{N_TOL:.0%}) whose runs reach its compute")  # fmt: skip
             continue
         out[key] = {"designs": [_summary(designs[k]) for k in sorted(designs)],
-                    "definition": f"val_loss({a}) - val_loss({b}) at equal N_active and tokens "
-                    f"(equal compute); > 0: {b} better"}  # fmt: skip
+                    "definition": f"val_loss({a}) at the compute of the {b} run (read along "
+                    f"the {a} model's token budgets) minus val_loss({b}), at equal N_active; "
+                    f"> 0: {b} better"}  # fmt: skip
     return out
 
 
