@@ -22,7 +22,7 @@ TORCH_FREE = ["moescale.run", "moescale.fmt", "moescale.config", "moescale.accou
               "moescale.study.analysis_family", "moescale.study.analysis_fits",
               "moescale.study.analysis_frontier", "moescale.study.analysis_compare",
               "moescale.study.analysis_hyper", "moescale.study.analysis_claims",
-              "moescale.study.analysis_words",
+              "moescale.study.analysis_words", "moescale.study.analysis_warnings",
               "moescale.report", "moescale.report.page", "moescale.report.plots",
               "moescale.report.plots_curves", "moescale.report.tables",
               "moescale.report.style"]  # fmt: skip

@@ -256,8 +256,9 @@ def test_the_comparison_at_each_architectures_best_swept_point() -> None:
     """One batch size and LR for every architecture may suit one of them: where the sweep ran,
     the analysis compares them at the shared base and each at its best swept point, and warns
     when a resolved difference reverses between the two."""
-    from moescale.study.analysis_claims import claims, collect_warnings
+    from moescale.study.analysis_claims import claims
     from moescale.study.analysis_hyper import at_best_swept
+    from moescale.study.analysis_warnings import collect_warnings
 
     kept = at_best_swept(_swept_rows({"dense": {"base": 6.10, "8": 5.90, "32": 6.40},
                                       "fine-grained": {"base": 6.00, "8": 5.67, "32": 6.37}}))
@@ -282,3 +283,26 @@ def test_the_comparison_at_each_architectures_best_swept_point() -> None:
         assert "dense 5.500 (batch 8)" in said[0] or "dense 5.900 (batch 8)" in said[0]
         codes = {w["code"] for w in collect_warnings(a)}
         assert ("shared_hyperparameters" in codes) == warned
+
+
+def test_an_optimum_outside_the_trained_runs_is_not_called_within_the_data() -> None:
+    """A compute inside the data can put a law's optimum at a size or token count no run had:
+    the fitted gap there is the law's, and the claim and a warning say so."""
+    from types import SimpleNamespace
+
+    from moescale.study.analysis_claims import claims
+    from moescale.study.analysis_warnings import collect_warnings
+    from moescale.study.analyze import _outside
+
+    pts = [SimpleNamespace(n_active=n, tokens=d) for n in (1e5, 1e6) for d in (1e5, 5e5)]
+    assert _outside({"n_active": [3e5, 0, 0], "tokens": [2e5, 0, 0]}, pts) == ""
+    far = _outside({"n_active": [880.0, 0, 0], "tokens": [6e8, 0, 0]}, pts)
+    assert far == "N_opt 880 (trained 1e+05 to 1e+06), D_opt 6e+08 (trained 1e+05 to 5e+05)"
+    a = analysis("full")
+    row = a["equal_compute"]["fits"][0]
+    assert not row["extrapolated"] and row["laws"]["fine-grained"] == "krajewski"
+    row["outside_data"] = {"dense": far}
+    said = [c for c in claims(a) if "the fitted compute-optimal loss of dense minus" in c]
+    assert said and all("not the optima (dense's N_opt 880" in c for c in said[:2])
+    codes = [w for w in collect_warnings(a) if w["code"] == "optimum_outside_data"]
+    assert [w["section"] for w in codes] == ["equal_compute/dense"]

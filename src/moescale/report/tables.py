@@ -151,7 +151,9 @@ def equal_compute_table(a: Mapping[str, Any]) -> str:
     gaps = ("moe_vs_dense", "fine-grained_vs_dense", "fine-grained_vs_moe")
     rows = []
     for r in rows_in:
-        where = "extrapolated" if r["extrapolated"] else "within the data"
+        where = ("extrapolated" if r["extrapolated"] else
+                 "in the data's compute; optima outside the runs" if r.get("outside_data") else
+                 "within the data")  # fmt: skip
         rows.append([f"{num(r['compute'])}<br><small>{where}</small>",
                      *[triple(r["loss"].get(v)) for v in VARIANTS],
                      *[triple(r["gaps"].get(k)) for k in gaps]])  # fmt: skip

@@ -1,4 +1,5 @@
-"""Study analysis, part 6: the claims (plain sentences) and the warnings of an analysis.
+"""Study analysis, part 6: the claims (plain sentences) of an analysis (its warnings:
+analysis_warnings.py).
 
 Why: a reader of a study wants its conclusions, and a conclusion is only as strong as its
 interval. Every sentence here states a number with its 95 % interval and reads the interval,
@@ -14,7 +15,6 @@ Input is the analysis after `jsonable` (non-finite numbers are None).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -118,10 +118,24 @@ def _equal_compute(a: Mapping[str, Any]) -> list[str]:
                 continue
             new, base = key.split("_vs_")
             verdict = _verdict(t, paper, f"{NAMES[new]} is better", f"{NAMES[new]} is worse")
+            laws = r.get("laws", {})
+            how = (f" (both from the {laws.get('fine-grained')} law's G = 1 and G)"
+                   if key == "fine-grained_vs_moe" else
+                   f" ({laws.get(base)} law against {laws.get(new)})")  # fmt: skip
             out.append(f"At {g(r['compute'])} FLOPs ({_beyond(r['compute'], a)}) the fitted "
-                       f"compute-optimal loss of {NAMES[base]} minus {NAMES[new]} is {iv(t)} "
-                       f"nats: {verdict}.")  # fmt: skip
+                       f"compute-optimal loss of {NAMES[base]} minus {NAMES[new]}{how} is "
+                       f"{iv(t)} nats: {verdict}.{_outside_note(r, (base, new))}")  # fmt: skip
     return out
+
+
+def _outside_note(r: Mapping[str, Any], variants: Sequence[str]) -> str:
+    """A compute within the data whose optima are not: say so, so the gap is read as a law's."""
+    far = [f"{NAMES[v]}'s {r['outside_data'][v]}" for v in variants
+           if r.get("outside_data", {}).get(v)]  # fmt: skip
+    if not far or r["extrapolated"]:  # an extrapolated compute already says as much
+        return ""
+    return (f" The compute is within the data, but not the optima ({'; '.join(far)}): that "
+            "gap is the laws' extrapolation, not a measurement.")
 
 
 def _matched(a: Mapping[str, Any]) -> list[str]:
@@ -170,7 +184,7 @@ def _swept_point(name: str, p: Mapping[str, Any], best: bool) -> str:
     return f"{name} {p['loss']:.3f}{how}"
 
 
-def _best_swept(a: Mapping[str, Any]) -> list[str]:
+def best_swept(a: Mapping[str, Any]) -> list[str]:
     """The comparison where batch size and LR were swept: at the shared base, and each
     architecture at its best swept point (analysis_hyper.at_best_swept)."""
     sec = None if skipped(a["hyper"]) else a["hyper"].get("at_best_swept")
@@ -353,7 +367,7 @@ def _hyper_noise(a: Mapping[str, Any]) -> list[str]:
 
 TOPICS = (
     ("The study", (_scope,)),
-    ("Architectures at equal compute", (_equal_compute, _matched, _best_swept)),
+    ("Architectures at equal compute", (_equal_compute, _matched, best_swept)),
     ("Fine-grained against standard MoE", (_granularity,)),
     ("Batch size, learning rate and noise scale", (_hyper_noise,)),
     ("Plans and data efficiency", (_plans, _efficiency)),
@@ -375,60 +389,3 @@ def claim_groups(a: Mapping[str, Any]) -> list[dict[str, Any]]:
 def claims(a: Mapping[str, Any]) -> list[str]:
     """Every claim of `claim_groups`, in order."""
     return [c for grp in claim_groups(a) for c in grp["claims"]]
-
-
-def _range_warnings(v: str, plans: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """The plans' "beyond the fitted compute" warnings of one architecture as one line."""
-    far = []
-    for p in plans:
-        m = re.search(r"lies ([0-9.]+) decades (beyond|below)", " ".join(p.get("warnings", [])))
-        if m:
-            far.append(f"{g(p['budget'])} ({m.group(1)} decades {m.group(2)})")
-    if not far:
-        return []
-    return [{"section": f"plans/{v}", "code": "extrapolation",
-             "message": f"the {NAMES[v]} plans at {', '.join(far)} lie outside the compute the "
-             "fit saw: they rest on the law's form alone"}]  # fmt: skip
-
-
-def collect_warnings(a: Mapping[str, Any]) -> list[dict[str, str]]:
-    """Every warning of the laws engine and of the selection, with the section it came from,
-    each once (a plan's copies of its fit's warnings are not repeated)."""
-    out: list[dict[str, str]] = []
-    for note in a["data"]["notes"]:
-        out.append({"section": "data", "code": "selection", "message": note})
-    for v, sec in a["laws"].items():
-        if skipped(sec):
-            continue
-        for law, f in sec["laws"].items():
-            for w in f.get("warnings", []):
-                out.append({"section": f"laws/{v}/{law}", **w})
-        out += [{"section": f"laws/{v}", "code": "identification", "message": n}
-                for n in sec.get("notes", [])]  # fmt: skip
-        if "skipped" in sec["family"]:
-            out.append({"section": f"laws/{v}", "code": "no_family",
-                        "message": f"no model family read from the runs: "
-                        f"{sec['family']['skipped']}"})  # fmt: skip
-    for v, sec in a["isoflop"].items():
-        for w in [] if skipped(sec) else sec.get("warnings", []):
-            out.append({"section": f"isoflop/{v}", **w})
-    for v in NAMES:
-        plans = a["plans"].get(v)
-        if skipped(plans):
-            continue
-        out += _range_warnings(v, [p for p in plans if not skipped(p)])
-        for p in plans:
-            for w in p.get("warnings", []):
-                if not w.startswith(("--fit: ", "--compare: ")):
-                    out.append({"section": f"plans/{v}", "code": "plan", "message": w})
-    if not skipped(a["hyper"]):
-        out += [{"section": "hyper", "code": "note", "message": n} for n in a["hyper"]["notes"]]
-        out += [{"section": "hyper", "code": "shared_hyperparameters", "message": m}
-                for m in _best_swept(a) if "reverses (resolved" in m]  # fmt: skip
-    seen, uniq = set(), []
-    for w in out:
-        key = (w["section"], w.get("message"))
-        if key not in seen:
-            seen.add(key)
-            uniq.append(w)
-    return uniq

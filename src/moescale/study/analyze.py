@@ -18,7 +18,8 @@ Sections of the result (the modules that compute them):
   (`analysis_fits`); `isoflop`, `frontier` (N_opt, D_opt, L* over a compute grid), `plans` at
   the budgets, `data_efficiency` and `equal_compute` (`analysis_frontier`, `analysis_compare`);
 - `granularity_gap`: fine-grained against standard MoE, from the law and from the curves;
-- `hyper`, `noise_scale` (`analysis_hyper`); `claims`, `warnings` (`analysis_claims`).
+- `hyper`, `noise_scale` (`analysis_hyper`); `claims` (`analysis_claims`), `warnings`
+  (`analysis_warnings`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from moescale.errors import UserError
-from moescale.study.analysis_claims import claim_groups, collect_warnings
+from moescale.study.analysis_claims import claim_groups
 from moescale.study.analysis_compare import curve_gap, envelope, matched
 from moescale.study.analysis_data import (
     FLOPS_CONVENTION,
@@ -53,6 +54,7 @@ from moescale.study.analysis_frontier import (
     plan_at,
 )
 from moescale.study.analysis_hyper import hyper_section, noise_section
+from moescale.study.analysis_warnings import collect_warnings
 
 log = logging.getLogger(__name__)
 SCHEMA = 1
@@ -113,12 +115,16 @@ def _equal_compute_fits(fits: Mapping[str, ArchFits], computes: Sequence[float],
             "compute": c,
             "loss": {},
             "gaps": {},
+            "laws": {v: f.primary for v, f in fits.items()},
             "extrapolated": c_common is None or c > c_common * 1.01,
+            "outside_data": {},
         }
         for v, f in fits.items():
             plan = _cached(cache, ("plan", v, c), plan_at, f, c)
             if not is_skipped(plan):
                 row["loss"][v] = plan["numbers"]["loss"]
+                if far := _outside(plan["numbers"], f.points):
+                    row["outside_data"][v] = far
             if v != "dense" and "dense" in fits:
                 comp = _cached(cache, ("compare", v, c), comparison, f, fits["dense"], c)
                 if not is_skipped(comp):
@@ -128,6 +134,22 @@ def _equal_compute_fits(fits: Mapping[str, ArchFits], computes: Sequence[float],
             row["gaps"]["fine-grained_vs_moe"] = kgap["gap"][i]
         rows.append(row)
     return rows
+
+
+def _outside(numbers: Mapping[str, Any], points: Sequence[Any], slack: float = 1.25) -> str:
+    """'' when the compute-optimal N_active and D lie among the trained ones (within `slack`),
+    else what lies outside: a compute inside the data can still put its optimum at a size or a
+    token count no run had, and the loss there is the law's form, not a measurement."""
+    far = []
+    for key, attr, what in (("n_active", "n_active", "N_opt"), ("tokens", "tokens", "D_opt")):
+        value = (numbers.get(key) or [math.nan])[0]
+        have = [getattr(p, attr) for p in points]
+        if not (have and math.isfinite(value)):
+            continue
+        lo, hi = min(have), max(have)
+        if not lo / slack <= value <= hi * slack:
+            far.append(f"{what} {value:.3g} (trained {lo:.3g} to {hi:.3g})")
+    return ", ".join(far)
 
 
 def _plans(fits: Mapping[str, ArchFits], budgets: Sequence[float], cache: dict) -> dict:
