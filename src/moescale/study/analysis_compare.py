@@ -102,6 +102,7 @@ def _baseline(p: Point, others: Sequence[Point], same_design: bool):
     read = at_compute(series, p.compute)
     return None if read is None else (q, *read)
 
+
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """A design's pairs: mean difference with its interval, wins, and the range of the second
     architecture's routing-aware compute over its partner's (equal under C = 6·N_active·D, not
