@@ -306,3 +306,35 @@ def test_an_optimum_outside_the_trained_runs_is_not_called_within_the_data() -> 
     assert said and all("not the optima (dense's N_opt 880" in c for c in said[:2])
     codes = [w for w in collect_warnings(a) if w["code"] == "optimum_outside_data"]
     assert [w["section"] for w in codes] == ["equal_compute/dense"]
+
+
+def test_a_gap_that_the_choice_of_law_decides_is_said(monkeypatch) -> None:
+    """Krajewski's law pools G = 1 and G points; Chinchilla on the fine-grained points alone
+    has dense's form. When the two put the gap to dense intervals apart, a claim and a warning
+    say that the law, not the data, decides it."""
+    from types import SimpleNamespace
+
+    from moescale.study import analyze as mod
+    from moescale.study.analysis_claims import claims
+    from moescale.study.analysis_warnings import collect_warnings
+
+    fg = SimpleNamespace(primary="krajewski", fits={"krajewski": 1, "chinchilla": 1})
+    row = {"gaps": {"fine-grained_vs_dense": [0.5, 0.4, 0.6]}}
+    monkeypatch.setattr(mod, "comparison", lambda *a: {"loss_gap": 0.02, "intervals": {
+        "loss_gap": (0.0, 0.04)}})  # fmt: skip
+    mod._law_sensitivity(row, "fine-grained", fg, None, 1e12)
+    assert row["law_sensitivity"]["fine-grained_vs_dense"] == {
+        "krajewski": [0.5, 0.4, 0.6], "chinchilla": [0.02, 0.0, 0.04]}  # fmt: skip
+    monkeypatch.setattr(mod, "comparison", lambda *a: {"loss_gap": 0.45, "intervals": {
+        "loss_gap": (0.3, 0.55)}})  # fmt: skip
+    overlapping = {"gaps": {"fine-grained_vs_dense": [0.5, 0.4, 0.6]}}
+    mod._law_sensitivity(overlapping, "fine-grained", fg, None, 1e12)
+    assert "law_sensitivity" not in overlapping
+
+    a = analysis("full")
+    first = a["equal_compute"]["fits"][0]
+    first["law_sensitivity"] = row["law_sensitivity"]
+    said = [c for c in claims(a) if "With Chinchilla fitted on the fine-grained MoE points" in c]
+    assert len(said) == 1 and "0.02 [0, 0.04] nats" in said[0]
+    (w,) = [w for w in collect_warnings(a) if w["code"] == "law_sensitivity"]
+    assert "0.5 with the krajewski law and 0.02 with Chinchilla" in w["message"]

@@ -125,6 +125,10 @@ def _equal_compute(a: Mapping[str, Any]) -> list[str]:
             out.append(f"At {g(r['compute'])} FLOPs ({_beyond(r['compute'], a)}) the fitted "
                        f"compute-optimal loss of {NAMES[base]} minus {NAMES[new]}{how} is "
                        f"{iv(t)} nats: {verdict}.{_outside_note(r, (base, new))}")  # fmt: skip
+            if alt := r.get("law_sensitivity", {}).get(key):
+                out[-1] += (f" With Chinchilla fitted on the {NAMES[new]} points alone, the form "
+                            f"dense has, it is {iv(alt['chinchilla'])} nats: the fitted gap "
+                            "depends on the law chosen.")  # fmt: skip
     return out
 
 

@@ -57,16 +57,19 @@ def sizing(fits: ArchFits, law: str, granularity: float | None = None) -> Sizing
     return Sizing(form, extras, fam, n_column=spec.n_column, convention=FLOPS_CONVENTION, k=6.0)
 
 
-def comparison(fits: ArchFits, dense: ArchFits, budget: float) -> dict[str, Any]:
+def comparison(fits: ArchFits, dense: ArchFits, budget: float,
+               law: str | None = None) -> dict[str, Any]:  # fmt: skip
     """The engine's MoE-vs-dense comparison (`compare_sizings`, docs/science.md §3.1) of the
-    primary laws at `budget`, draws paired; dense is priced by its law's N_active, which under
-    C = 6·N_active·D is what a family's dense model would cost too."""
-    if fits.fit is None or fits.primary is None or dense.fit is None or dense.primary is None:
+    primary laws (or the MoE side's `law`) at `budget`, draws paired; dense is priced by its
+    law's N_active, which under C = 6·N_active·D is what a family's dense model would cost too."""
+    law = law or fits.primary
+    fit = fits.fits.get(law) if law else None
+    if fit is None or dense.fit is None or dense.primary is None:
         return skipped("needs a fitted law on both sides")
     try:
         c = compare_sizings(
-            [sizing(fits, fits.primary)],
-            [fits.fit.params, *fits.fit.bootstrap_params],
+            [sizing(fits, law)],
+            [fit.params, *fit.bootstrap_params],
             sizing(dense, dense.primary),
             [dense.fit.params, *dense.fit.bootstrap_params],
             budget,

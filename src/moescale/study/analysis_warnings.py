@@ -69,6 +69,13 @@ def collect_warnings(a: Mapping[str, Any]) -> list[dict[str, str]]:
                         f"{NAMES[v]} law puts its optimum outside the trained runs ({far}): "
                         "the fitted comparison there is extrapolation; the matched pairs "
                         "are measured"})  # fmt: skip
+        for key, laws in r.get("law_sensitivity", {}).items():
+            v, (law, gap), (_, alt) = key.split("_vs_")[0], *laws.items()
+            out.append({"section": f"equal_compute/{v}", "code": "law_sensitivity",
+                        "message": f"at {g(r['compute'])} FLOPs the fitted {NAMES[v]} minus "
+                        f"dense gap is {gap[0]:.3g} with the {law} law and {alt[0]:.3g} with "
+                        "Chinchilla on its own points, intervals apart: the law decides it, "
+                        "not the data"})  # fmt: skip
     if not skipped(a["hyper"]):
         out += [{"section": "hyper", "code": "note", "message": n} for n in a["hyper"]["notes"]]
         out += [{"section": "hyper", "code": "shared_hyperparameters", "message": m}

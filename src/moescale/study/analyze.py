@@ -128,12 +128,35 @@ def _equal_compute_fits(fits: Mapping[str, ArchFits], computes: Sequence[float],
             if v != "dense" and "dense" in fits:
                 comp = _cached(cache, ("compare", v, c), comparison, f, fits["dense"], c)
                 if not is_skipped(comp):
-                    iv = comp["intervals"].get("loss_gap", (math.nan, math.nan))
-                    row["gaps"][f"{v}_vs_dense"] = [comp["loss_gap"], *iv]
+                    row["gaps"][f"{v}_vs_dense"] = _gap(comp)
+                    if i == 0 and c_common is not None:
+                        _law_sensitivity(row, v, f, fits["dense"], c)
         if not is_skipped(kgap):
             row["gaps"]["fine-grained_vs_moe"] = kgap["gap"][i]
         rows.append(row)
     return rows
+
+
+def _gap(comp: Mapping[str, Any]) -> list[float]:
+    return [comp["loss_gap"], *comp["intervals"].get("loss_gap", (math.nan, math.nan))]
+
+
+def _law_sensitivity(row: dict[str, Any], v: str, f: ArchFits, dense: ArchFits,
+                     c: float) -> None:  # fmt: skip
+    """Where `v`'s primary law pools more than its own points (Wang's over E, Krajewski's over
+    G) it also fits Chinchilla on its own points, the form dense has: when the two put
+    `v`'s gap to dense at intervals that do not overlap, the fitted gap is the choice of law's,
+    and `row["law_sensitivity"]` says so (warning `law_sensitivity`)."""
+    if f.primary == "chinchilla" or "chinchilla" not in f.fits:
+        return
+    alt = guarded("compare", comparison, f, dense, c, "chinchilla")
+    if is_skipped(alt):
+        return
+    main, other = row["gaps"][f"{v}_vs_dense"], _gap(alt)
+    if all(math.isfinite(x) for x in (*main, *other)) and (main[2] < other[1] or
+                                                          other[2] < main[1]):  # fmt: skip
+        row.setdefault("law_sensitivity", {})[f"{v}_vs_dense"] = {f.primary: main,
+                                                                   "chinchilla": other}
 
 
 def _outside(numbers: Mapping[str, Any], points: Sequence[Any], slack: float = 1.25) -> str:
