@@ -37,6 +37,7 @@ def test_at_compute_is_linear_in_log_compute_and_bounded() -> None:
     assert loss == pytest.approx(5.0 - 0.5 * math.log(4 * 1.05)) and how == "extrapolated"
     assert at_compute(s, s[-1].compute * math.exp(REACH) * 1.01) is None
     assert at_compute(s[:1], s[0].compute) is None
+    assert at_compute([s[0], s[0]], s[0].compute * 1.01) is None
 
 
 def test_a_run_with_more_compute_meets_its_partner_at_that_compute() -> None:

@@ -81,6 +81,8 @@ def at_compute(series: Sequence[Point], c: float) -> tuple[float, float, str] | 
         return None
     i = min(max(int(np.searchsorted(xs, x)), 1), len(xs) - 1)
     lo, hi = pts[i - 1], pts[i]
+    if xs[i] == xs[i - 1]:  # two points of one compute (other seq_len, say): no slope to read
+        return None
     w = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
     loss = (1.0 - w) * lo.loss + w * hi.loss
     se = abs(1.0 - w) * lo.loss_se + abs(w) * hi.loss_se
