@@ -164,3 +164,45 @@ def test_bad_options_are_one_line_errors(option: dict, message: str) -> None:
 def test_too_few_points_message_is_plural_right() -> None:
     with pytest.raises(UserError, match="5 parameters but only 1 point remain"):
         fit_law("chinchilla", {"N": [1e6, 2e6], "D": [1e9, 2e9]}, [3.0, 2.9], drop_outliers=1)
+
+
+def test_too_few_resampling_units_give_no_interval() -> None:
+    """Draws resample whole groups (a study's trunks): three give at most 10 distinct
+    resamples, whose percentiles are no interval. None is given, and the fit says why; five
+    groups are enough to try."""
+    x = grid()
+    y = noisy(1.0 + 2000 / x["N"] ** 0.5 + 20000 / x["D"] ** 0.5)
+    sizes = np.unique(x["N"], return_inverse=True)[1]  # one trunk per model size
+    three = fit_law("chinchilla", x, y, bootstrap_draws=20, workers=1, groups=sizes % 3)
+    assert three.intervals == {} and three.bootstrap_params == []
+    (w,) = [w for w in three.warnings if w["code"] == "few_bootstrap_units"]
+    assert "only 3: at most 10 distinct resamples" in w["message"]
+    five = fit_law("chinchilla", x, y, bootstrap_draws=20, workers=1, groups=sizes)
+    assert "few_bootstrap_units" not in codes(five) and set(five.intervals) == set(five.params)
+
+
+def test_draws_that_never_move_a_parameter_give_it_no_interval() -> None:
+    """A parameter every draw leaves at one value (its start, not a bound) is not known
+    exactly: the resamples do not inform it. No zero-width interval."""
+    from moescale.laws.forms import get_form
+    from moescale.laws.problem import Problem
+    from moescale.laws.result import diagnose
+
+    x = grid()
+    y = noisy(1.0 + 2000 / x["N"] ** 0.5 + 20000 / x["D"] ** 0.5)
+    prob = Problem(get_form("chinchilla"), x, y, np.ones_like(y), "squared", None)
+    fit = fit_law("chinchilla", x, y, bootstrap_draws=0, workers=1)
+    order = prob.form.linear + prob.form.nonlinear
+    v = np.array([fit.params[q] for q in order])
+    rng = np.random.default_rng(0)
+    moved = [q for q in fit.params if q != "beta"]
+    samples = [{**fit.params, **{q: fit.params[q] * (1 + 0.01 * rng.normal()) for q in moved}}
+               for _ in range(20)]  # fmt: skip
+    warnings, unidentified, intervals = diagnose(prob, v, samples, requested=20)
+    assert "beta" not in intervals and "beta" in unidentified
+    assert any("every bootstrap draw leaves beta at" in w["message"] for w in warnings)
+    at_bound = [{**s, "alpha": 3.0} for s in samples[:10]] + samples[10:]
+    warnings, _, intervals = diagnose(prob, v, at_bound, requested=20)
+    (w,) = [w for w in warnings if w["code"] == "draws_at_bound"]
+    assert w["message"].startswith("10 of 20 bootstrap draws put alpha at a bound")
+    assert intervals["alpha"][1] == pytest.approx(3.0)

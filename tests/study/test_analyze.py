@@ -338,3 +338,24 @@ def test_a_gap_that_the_choice_of_law_decides_is_said(monkeypatch) -> None:
     assert len(said) == 1 and "0.02 [0, 0.04] nats" in said[0]
     (w,) = [w for w in collect_warnings(a) if w["code"] == "law_sensitivity"]
     assert "0.5 with the krajewski law and 0.02 with Chinchilla" in w["message"]
+
+
+def test_a_fit_without_draws_gives_the_comparison_no_interval(monkeypatch) -> None:
+    """When one side could not be bootstrapped (too few trunks), pairing the other side's
+    draws with its point estimate would call it exact: the gap gets no interval instead."""
+    from types import SimpleNamespace
+
+    from moescale.study import analysis_frontier as mod
+
+    seen = []
+    monkeypatch.setattr(mod, "sizing", lambda *a: None)
+    monkeypatch.setattr(mod, "compare_sizings", lambda s, ours, d, theirs, b: seen.append(
+        (len(ours), len(theirs))) or SimpleNamespace(to_json=dict))  # fmt: skip
+
+    def arch(draws: int) -> SimpleNamespace:
+        fit = SimpleNamespace(params={"A": 1.0}, bootstrap_params=[{"A": 1.0}] * draws)
+        return SimpleNamespace(primary="chinchilla", fits={"chinchilla": fit}, fit=fit)
+
+    mod.comparison(arch(50), arch(0), 1e20)
+    mod.comparison(arch(50), arch(40), 1e20)
+    assert seen == [(1, 1), (51, 41)]

@@ -31,7 +31,7 @@ from moescale.errors import UserError
 from moescale.fmt import count, duration, plural
 from moescale.laws.forms import LawForm, form_from_spec, form_spec, get_form
 from moescale.laws.problem import LOSSES, METHODS, Problem
-from moescale.laws.result import FLOPS_CONVENTION, FitResult, diagnose, selection
+from moescale.laws.result import FLOPS_CONVENTION, MIN_BOOT_UNITS, FitResult, diagnose, selection
 from moescale.laws.table import TableOptions, load_inputs
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,9 @@ def fit_law(
         ins = _errors(form.predict(pts.x, params), pts.y)
         holdout = _holdout(fitter, pts, holdout_frac, n_starts or 50)
         boot = Draws(np.empty((0, len(form.params))))
-        if bootstrap_draws > 0:
+        units = n if pts.groups is None else len(np.unique(pts.groups))  # what draws resample
+        few = units if bootstrap_draws > 0 and units < MIN_BOOT_UNITS else 0
+        if bootstrap_draws > 0 and not few:
             boot = run_bootstrap(
                 form, pts.x, pts.y, pts.w, v, draws=bootstrap_draws, groups=pts.groups,
                 method=method, loss=loss, delta=delta, seed=seed, workers=workers,
@@ -319,7 +321,7 @@ def fit_law(
     fitted = [fitter.named(row) for row in (boot.params if boot.fitted is None else boot.fitted)]
     prob = Problem(form, pts.x, pts.y, pts.w, loss, delta)
     counts = (boot.requested, boot.failed, boot.degenerate)
-    warnings, unidentified, intervals = diagnose(prob, v, fitted, *counts)
+    warnings, unidentified, intervals = diagnose(prob, v, fitted, *counts, few_units=few)
     return FitResult(
         law=form.name, expression=form.expression, params=params, objective=float(obj),
         method=method, loss=loss, n_points=n, in_sample={"mae": ins["mae"], "rmse": ins["rmse"]},

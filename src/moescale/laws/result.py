@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FLOPS_CONVENTION = "C = 6 N D"
+MIN_BOOT_UNITS = 5  # fewer resampling units give at most 35 distinct resamples
 T = TypeVar("T")
 
 
@@ -162,6 +163,7 @@ def diagnose(
     requested: int = 0,
     failed: int = 0,
     degenerate: int = 0,
+    few_units: int = 0,
 ) -> tuple[list[dict[str, str]], list[str], dict[str, tuple[float, float]]]:
     """What a parametric fit records about itself: warnings ({code, message}, each also
     logged), the parameters the data cannot identify (`Problem.identifiability`), and 95 %
@@ -169,13 +171,22 @@ def diagnose(
     (`requested` draws, of which `failed` did not fit and `degenerate`, a zero exponent or
     coefficient, are left out of `bootstrap_params` but not of the intervals). A
     parameter that every draw pins to the same bound gets no interval: a zero-width interval
-    would claim a certainty the data lack."""
+    would claim a certainty the data lack, and so does one that every draw leaves where it
+    was: the resamples do not move it. `few_units`: the bootstrap was not run, since it would
+    resample only that many runs (or trunks with their branches; MIN_BOOT_UNITS)."""
     found = prob.identifiability(v)
+    if few_units:
+        found.append(("few_bootstrap_units", f"the bootstrap resamples whole runs (a trunk with "
+                      f"its branches counts once) and there are only {few_units}: at most "
+                      f"{math.comb(2 * few_units - 1, few_units)} distinct resamples, too few "
+                      "for an interval, so none is given; add model sizes or seeds",
+                      set()))  # fmt: skip
     if requested and (failed + degenerate > 0.05 * requested or not samples):
         why = f"{failed} of {requested} bootstrap draws failed and {degenerate} were degenerate"
         fix = "intervals of N_opt and other derived quantities use the others only"
         found.append(("bootstrap_draws", f"{why} (a zero exponent or coefficient): {fix}", set()))
     unidentified = set().union(*(names for _, _, names in found))
+    found += _draws_at_bounds(prob, samples)  # warned, its interval kept
     pinned = set(prob.at_bounds(v)) | set(prob.vanished(v)) | set(prob.vanished(v, True))
     intervals = {}
     for q in prob.form.params:
@@ -183,8 +194,8 @@ def diagnose(
             continue
         col = np.array([s[q] for s in samples])
         lo, hi = float(np.percentile(col, 2.5)), float(np.percentile(col, 97.5))
-        if q in pinned and hi - lo <= 1e-12 * max(abs(lo), abs(hi)):
-            why = f"every bootstrap draw pins {q} to {lo:g}"
+        if hi - lo <= 1e-12 * max(abs(lo), abs(hi)):
+            why = f"every bootstrap draw {'pins' if q in pinned else 'leaves'} {q} at {lo:g}"
             found.append(("zero_width", f"{why}: it is unidentified, not known exactly", {q}))
             unidentified.add(q)
         else:
@@ -193,6 +204,22 @@ def diagnose(
         log.warning(message)
     order = [q for q in prob.form.params if q in unidentified]
     return [{"code": code, "message": m} for code, m, _ in found], order, intervals
+
+
+def _draws_at_bounds(prob: Problem, samples: list[dict[str, float]]) -> list[tuple]:
+    """A parameter that a quarter or more of the draws put at a search bound: its interval
+    reaches the bound because the data do not bound it there."""
+    if not samples:
+        return []
+    order = prob.form.linear + prob.form.nonlinear  # the vector's layout (_Fitter.named)
+    hits: dict[str, int] = {}
+    for s in samples:
+        for q in prob.at_bounds(np.array([s[n] for n in order])):
+            hits[q] = hits.get(q, 0) + 1
+    return [("draws_at_bound", f"{k} of {len(samples)} bootstrap draws put {q} at a bound of "
+             "its search: the data do not bound it there, and its interval (and those of "
+             "N_opt and D_opt) reaches the bound", {q}) for q, k in hits.items()
+            if k >= 0.25 * len(samples)]  # fmt: skip
 
 
 def pooling_warnings(

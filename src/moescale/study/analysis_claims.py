@@ -45,7 +45,7 @@ def _verdict(t: Sequence[Any] | None, paper: str, better: str, worse: str) -> st
         return f"{worse}, which contradicts the finding that {finding} ({who})"
     if s == 0:
         return "not resolved at this scale: the interval includes zero"
-    return "no interval (bootstrap off), so not resolved"
+    return "no interval (see the warnings), so not resolved"
 
 
 def _scope(a: Mapping[str, Any]) -> list[str]:

@@ -66,14 +66,12 @@ def comparison(fits: ArchFits, dense: ArchFits, budget: float,
     fit = fits.fits.get(law) if law else None
     if fit is None or dense.fit is None or dense.primary is None:
         return skipped("needs a fitted law on both sides")
+    ours = [fit.params, *fit.bootstrap_params]
+    theirs = [dense.fit.params, *dense.fit.bootstrap_params]
+    if len(ours) == 1 or len(theirs) == 1:  # one side's draws alone would call the other exact
+        ours, theirs = ours[:1], theirs[:1]
     try:
-        c = compare_sizings(
-            [sizing(fits, law)],
-            [fit.params, *fit.bootstrap_params],
-            sizing(dense, dense.primary),
-            [dense.fit.params, *dense.fit.bootstrap_params],
-            budget,
-        )
+        c = compare_sizings([sizing(fits, law)], ours, sizing(dense, dense.primary), theirs, budget)
     except UserError as exc:
         return skipped(str(exc))
     return {"budget": budget, **c.to_json()}
