@@ -51,6 +51,7 @@ def test_eval_without_anything_to_evaluate_exits_2(dense_run: Path):
 @pytest.mark.parametrize(("flags", "message"), [
     (["--text", "no/such.txt"], "cannot read --text no/such.txt: No such file"),
     (["--text", "README.md", "--stride", "0"], "--stride 0 must lie between 1 and the run's"),
+    (["--text", "README.md", "--device", "tpu"], "--device: 'tpu' is not a device moescale runs"),
 ])  # fmt: skip
 def test_eval_checks_its_flags_before_loading_the_checkpoint(dense_run: Path, flags, message):
     r = moescale("eval", str(dense_run), *flags)

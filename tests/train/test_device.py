@@ -109,3 +109,21 @@ def test_freed_memory_is_kept_unless_asked_not_to(monkeypatch):
     calls.clear()
     monkeypatch.setenv("MOESCALE_MALLOC", "default")
     assert "glibc defaults" in keep_freed_memory() and not calls
+
+
+@pytest.mark.parametrize("name", ["tpu", "mps", "cuda:x", "gpu"])
+def test_a_device_moescale_does_not_run_on_is_a_config_error(name):
+    from moescale.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"--device: '{name}' is not a device moescale runs on"):
+        dev.resolve_device(name, "--device")
+
+
+def test_cuda_without_a_gpu_names_the_flag_it_came_from(monkeypatch):
+    from moescale.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="--device: 'cuda:1' was asked for but no CUDA device"):
+        dev.resolve_device("cuda:1", "--device")
+    assert dev.resolve_device("auto") == torch.device("cpu")
+    assert dev.resolve_device("cpu", "--device") == torch.device("cpu")

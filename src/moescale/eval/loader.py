@@ -71,10 +71,10 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str = "auto")
     paths = RunPaths(Path(run_dir))
     if not paths.dir.is_dir():
         raise UserError(f"{paths.dir} is not a directory: give a run directory (train.out_dir).")
+    dev = resolve_device(device, "--device")  # before the checkpoint is read
     step, state = _checkpoint(paths, step)
     cfg = _config(paths, state)
     tok = _tokenizer(paths, cfg)
-    dev = resolve_device(device)
     model = build_model(cfg.model)
     try:
         model.load_state_dict(state["model"])

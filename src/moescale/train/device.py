@@ -30,13 +30,22 @@ logger = logging.getLogger(__name__)
 Autocast = Callable[[], contextlib.AbstractContextManager]
 
 
-def resolve_device(name: str) -> torch.device:
-    """`train.device` to a torch device; 'auto' takes CUDA when present."""
+def resolve_device(name: str, what: str = "train.device") -> torch.device:
+    """`train.device` (or the flag `what`) to a torch device; 'auto' takes CUDA when present.
+    Only CPU and CUDA are supported (the kernels and autocast are written for them)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' was asked for but no CUDA device is available.")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{what}: {name!r} is not a device moescale runs on; use auto, cpu, "
+                          "cuda or cuda:N")  # fmt: skip
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{what}: {name!r} was asked for but no CUDA device is available; "
+                          "use cpu or auto")  # fmt: skip
+    return dev
 
 
 def autocast_for(device: torch.device) -> Autocast:
