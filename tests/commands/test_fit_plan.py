@@ -304,3 +304,25 @@ def test_json_to_stdout_stays_alone_with_log_lines(results_csv: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["bootstrap_requested"] == 20
     assert "bootstrap: 20 draws" in r.stderr and "--where" in r.stderr
+
+
+def test_a_fit_records_the_design_its_rows_share(results_csv: Path, tmp_path: Path,
+                                                capsys) -> None:  # fmt: skip
+    """experts/granularity/top_k that every fitted row shares go into the fit JSON, so `plan`
+    refuses a MoE fit given as --compare's dense one instead of labelling it dense."""
+    dense_fit, moe_fit = tmp_path / "dense.json", tmp_path / "moe.json"
+    assert run_cli(["fit", str(results_csv), "--bootstrap", "0", "--json", str(dense_fit)]) == 0
+    d = json.loads(dense_fit.read_text())
+    assert (d["experts"], d["granularity"], d["top_k"]) == (1.0, 1.0, 1.0)
+    rows = list(csv.DictReader(results_csv.open()))
+    moe_csv = write_table(tmp_path / "moe.csv", [{**r, "experts": 8, "top_k": 2} for r in rows])
+    assert run_cli(["fit", str(moe_csv), "--bootstrap", "0", "--json", str(moe_fit)]) == 0
+    assert json.loads(moe_fit.read_text())["experts"] == 8.0
+    mixed = write_table(tmp_path / "mixed.csv", [{**r, "experts": 1 + 7 * (i % 2)}
+                                                  for i, r in enumerate(rows)])  # fmt: skip
+    out = tmp_path / "mixed.json"
+    assert run_cli(["fit", str(mixed), "--bootstrap", "0", "--json", str(out)]) == 0
+    assert "experts" not in json.loads(out.read_text())
+    capsys.readouterr()
+    argv = ["plan", "--budget", "1e21", "--fit", str(dense_fit), "--compare", str(moe_fit)]
+    assert "is a fine-grained/MoE law" in error_of(argv, capsys)
