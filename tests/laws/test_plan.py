@@ -158,3 +158,13 @@ def test_custom_law_with_g_takes_the_flag() -> None:
     assert plan.allocation is not None and ref.allocation is not None
     assert plan.allocation.loss == pytest.approx(ref.allocation.loss, abs=1e-6)
     assert "G = 4 (--granularity)" in plan.assumptions
+
+
+def test_no_search_over_g_when_the_fit_cannot_identify_its_g_term() -> None:
+    """Two trained G fix g/G^gamma at two points only: gamma is unidentified, and an optimal G
+    would be the search grid's. A fixed, trained G still plans."""
+    fit = fit_of("krajewski", MOE, unidentified=["gamma"], **PAPER)
+    with pytest.raises(UserError, match="the fit leaves gamma unidentified .* --granularity G"):
+        make_plan(fit, 1.41e21, given={"E": 64}, **KRAJEWSKI)
+    fixed = make_plan(fit, 1.41e21, given={"G": 4, "E": 64}, **KRAJEWSKI)
+    assert fixed.allocation is not None and fixed.allocation.extras == {"G": 4.0}

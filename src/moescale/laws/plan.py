@@ -145,16 +145,13 @@ def _resolve(
                     f"no model is built from it; drop {FLAGS[sym]} or give --family"
                 )
     if "E" in form.inputs and "E" not in values:
-        raise UserError(
-            f"law {form.name} has an input E ({EXTRA_INPUTS['E'].meaning}) and neither the flags "
-            "nor the fit JSON give it: pass --experts E (1 for a dense model), or record "
-            '"experts" in the fit JSON'
-        )
+        raise UserError(f"law {form.name} has an input E ({EXTRA_INPUTS['E'].meaning}) and "
+                        "neither the flags nor the fit JSON give it: pass --experts E (1 for a "
+                        'dense model), or record "experts" in the fit JSON')  # fmt: skip
     if search_g and "G" not in form.inputs:
         raise UserError(f"--granularity best: law {form.name} has no G input, so G does not "
                         "change its loss and there is no optimal G; give a number")  # fmt: skip
-    search_g = search_g or ("G" in form.inputs and "G" not in values)
-    if search_g:
+    if search_g := search_g or ("G" in form.inputs and "G" not in values):
         values.pop("G", None)
         notes.append(f"G searched over {', '.join(str(g) for g in GRANULARITIES)}")
     return _Inputs(values, search_g, notes)
@@ -237,8 +234,8 @@ def make_plan(
 
     `given` holds E, G, k (top-k) from flags, `recorded` what the fit JSON says about them;
     `family` the template the model is built from, `flops` its FLOPs convention; `search_g`
-    searches G even when one is known. A law with G and no G anywhere gets the optimal G.
-    """
+    searches G even when one is known. A law with G and no G anywhere gets the optimal G; a
+    fit that cannot identify its G term (two trained G) gets none: it would be the grid's."""
     check_budget(budget)
     check_k(k)
     if flops not in CONVENTIONS:
@@ -247,6 +244,10 @@ def make_plan(
         return _plan_isoflop(fit, budget, k, dense, family)
     form = fit.form()
     inp = _resolve(form, dict(given or {}), dict(recorded or {}), family, search_g)
+    if inp.search_g and (blind := sorted({"g", "gamma"} & set(fit.unidentified))):
+        raise UserError(f"a search over G needs the law's G term, but the fit leaves "
+                        f"{' and '.join(blind)} unidentified (train a third G): give "
+                        "--granularity G, one the runs had")  # fmt: skip
     column = fit.columns.get("N") or form.n_column
     fam = _family_for(form, family, inp, column, flops)
     out = Plan(budget=budget, law=fit.law, k=k, draws=len(fit.bootstrap_params), family=fam,
