@@ -76,6 +76,32 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, tiny_data):
     assert out.noise_scale == ref.noise_scale and out.noise_scale is not None
 
 
+def test_ctrl_c_finishes_the_step_and_checkpoints_it(tmp_path: Path, tiny_data, monkeypatch):
+    """SIGINT mid-step (checkpoint_every is 10): the step completes, a checkpoint is saved at
+    it, the run stops with KeyboardInterrupt, and resuming matches an uninterrupted run."""
+    ref = train(tiny_config(tmp_path / "ref", moe=True), data=tiny_data)
+    real = trainer_mod.Trainer.train_one
+
+    def train_one(self, step, clock):
+        if step == 13:
+            signal.raise_signal(signal.SIGINT)  # what a terminal's Ctrl-C does, mid-step
+        real(self, step, clock)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_one", train_one)
+    cfg = tiny_config(tmp_path / "run", moe=True)
+    with pytest.raises(KeyboardInterrupt), log_lines() as lines:
+        train(cfg, data=tiny_data)
+    assert any("stopped after step 13" in line for line in lines)
+    saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert saved[-1] == "step_00000013.pt"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(trainer_mod.Trainer, "train_one", real)
+    with log_lines() as lines:
+        out = train(cfg, data=tiny_data)
+    assert any("resuming" in line and "step 13" in line for line in lines)
+    assert out.val_loss == ref.val_loss
+
+
 def test_finished_run_is_not_retrained(tmp_path: Path, tiny_data):
     cfg = tiny_config(tmp_path / "run", tokens=5 * 8 * 32)
     first = train(cfg, data=tiny_data)

@@ -6,7 +6,8 @@ config?), builds a `Trainer` (device, data, model, optimizer, then the newest ch
 `train.init_from`'s: moescale.train.branch), and runs it. `Trainer.run()` repeats `train_step`
 (moescale.train.step), and on its schedule logs a line, evaluates and checkpoints (also at the
 branch points of `train.branch_tokens`, kept forever); the summary (moescale.run.RunSummary) is
-rewritten at start, on failure and at the end. The run directory's layout is in moescale.run.
+rewritten at start, on failure and at the end; Ctrl-C stops after the step with a checkpoint
+(moescale.train.interrupt). The run directory's layout is in moescale.run.
 
 Determinism: optimizer step s (1-based) trains on `BatchSampler.batch(s - 1, batch_size)`, split
 into consecutive micro-batches; the model is initialised from `train.seed`; checkpoints hold the
@@ -64,6 +65,7 @@ from moescale.train.distributed import (
     replicate,
 )
 from moescale.train.evaluate import evaluate
+from moescale.train.interrupt import CtrlC
 from moescale.train.metrics import Clock, MetricsLog, TensorBoard, console_line
 from moescale.train.noise_scale import NoiseScaleEstimator
 from moescale.train.optim import branch_steps, build_optimizer, lr_at, set_lr
@@ -362,7 +364,7 @@ class Trainer:
         self.summary("running", self.start_step)
         self.announce()
         last_ckpt = self.start_step if self.resumed else None  # in this run's directory
-        step = self.start_step
+        step, stop = self.start_step, CtrlC(self.world.size == 1)
         try:
             if self.start_step == 0:
                 self.evaluate(0)
@@ -373,14 +375,12 @@ class Trainer:
                 t_pause = time.perf_counter()
                 if step % self.cfg.train.eval_every == 0 or step == self.steps:
                     self.evaluate(step)
-                if (
-                    step % self.cfg.train.checkpoint_every == 0
-                    or step == self.steps
-                    or step in self.kept_steps
-                ):
+                if (step % self.cfg.train.checkpoint_every == 0 or step == self.steps
+                        or step in self.kept_steps or stop.asked):  # fmt: skip
                     self.save_checkpoint(step)
                     last_ckpt = step
                 clock.exclude(time.perf_counter() - t_pause)  # tokens/s: training time only
+                stop.stop_if_asked(step)
         except NonFiniteError as exc:
             reason = f"{exc.reason} at step {step}"
             logger.error("train: FAILED: %s; %s", reason, f"the last good checkpoint is step "
@@ -394,6 +394,7 @@ class Trainer:
             self.summary("failed", done, reason=f"{type(exc).__name__}: {exc}")
             raise
         finally:
+            stop.restore()
             self.metrics.close()
             self.tb.close()
         return self.finish()
