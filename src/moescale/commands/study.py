@@ -84,8 +84,11 @@ def headline(a: Mapping[str, Any]) -> list[str]:
             out.append(f"  {NAMES[base]} minus {NAMES[new]} ({design_label(d)}): "
                        f"{iv(d['mean_difference'])} nats, {d['n']} pair(s)")  # fmt: skip
     if out:
-        out.insert(0, "equal compute, matched runs (validation loss, 95 %; > 0: the second "
-                   "is better):")  # fmt: skip
+        seeds = [p.get("seeds", 1) for pts in (a.get("points") or {}).values() for p in pts]
+        one = " one seed per point, so seed-to-seed variation is not in the intervals;" if (
+            seeds and max(seeds) == 1) else ""  # fmt: skip
+        out.insert(0, f"equal compute, matched runs (validation loss, 95 %;{one} > 0: the "
+                   "second is better):")  # fmt: skip
     laws = [f"{NAMES[v]} {sec['primary']}" for v, sec in a.get("laws", {}).items()
             if not skipped(sec) and sec.get("primary")]  # fmt: skip
     if laws:
