@@ -122,6 +122,10 @@ def test_frontier_spans_the_data_and_the_budgets() -> None:
         assert np.all(np.diff(np.array(f["n_active"], float)) > 0)
         lo, mid, hi = (np.array(f[k], float) for k in ("loss_lo", "loss", "loss_hi"))
         assert np.all(lo <= hi) and np.mean((lo <= mid) & (mid <= hi)) > 0.8
+        among = np.array(f["among_runs"])  # optima among the trained runs: near the data only
+        n, trained = np.array(f["n_active"], float), [p["n_active"] for p in a["points"][v]]
+        assert among.any() and not among[-1]  # 1e22 FLOPs is far beyond every run
+        assert np.all(n[among] <= max(trained) * 1.25)
 
 
 def test_measured_comparisons_see_the_built_in_differences() -> None:
@@ -297,12 +301,12 @@ def test_an_optimum_outside_the_trained_runs_is_not_called_within_the_data() -> 
     from types import SimpleNamespace
 
     from moescale.study.analysis_claims import claims
+    from moescale.study.analysis_frontier import outside_runs
     from moescale.study.analysis_warnings import collect_warnings
-    from moescale.study.analyze import _outside
 
     pts = [SimpleNamespace(n_active=n, tokens=d) for n in (1e5, 1e6) for d in (1e5, 5e5)]
-    assert _outside({"n_active": [3e5, 0, 0], "tokens": [2e5, 0, 0]}, pts) == ""
-    far = _outside({"n_active": [880.0, 0, 0], "tokens": [6e8, 0, 0]}, pts)
+    assert outside_runs(3e5, 2e5, pts) == ""
+    far = outside_runs(880.0, 6e8, pts)
     assert far == "N_opt 880 (trained 1e+05 to 1e+06), D_opt 6e+08 (trained 1e+05 to 5e+05)"
     a = analysis("full")
     row = a["equal_compute"]["fits"][0]

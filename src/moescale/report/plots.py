@@ -52,6 +52,12 @@ def _budgets(ax: Axes, a: Mapping[str, Any]) -> None:
         ax.axvline(b, color="#999999", lw=0.8, ls=":")
 
 
+def _among(front: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
+    """Where the frontier's optimum lies among the trained runs' sizes and tokens (drawn
+    solid there only; older study.json files lack the key: all of it)."""
+    return np.array(front.get("among_runs") or [True] * len(x), bool)
+
+
 def _law_panel(ax: Axes, a: Mapping[str, Any], v: str) -> None:
     sec, front = a["laws"][v], a["frontier"][v]
     law = sec["primary"]
@@ -75,7 +81,8 @@ def _law_panel(ax: Axes, a: Mapping[str, Any], v: str) -> None:
         x = arr(front["compute"])
         edge = front["fitted_range"][1] or x.max()
         band(ax, x, front["loss_lo"], front["loss_hi"], color(v))
-        split_line(ax, x, arr(front["loss"]), edge, "#222222", "compute-optimal L*(C)")
+        split_line(ax, x, arr(front["loss"]), edge, "#222222", "compute-optimal L*(C)",
+                   among=_among(front, x))  # fmt: skip
         near = x <= max(cs) * 4
         ys += [float(y) for y in arr(front["loss_lo"])[near] if np.isfinite(y)]
     log_axes(ax)
@@ -96,7 +103,7 @@ def _overlay_panel(ax: Axes, a: Mapping[str, Any]) -> None:
             x = arr(front["compute"])
             band(ax, x, front["loss_lo"], front["loss_hi"], color(v), 0.15)
             split_line(ax, x, arr(front["loss"]), front["fitted_range"][1] or x.max(),
-                       color(v), f"{LABELS[v]} (fit)")  # fmt: skip
+                       color(v), f"{LABELS[v]} (fit)", among=_among(front, x))  # fmt: skip
         if not skipped(env) and v in env["frontier"]:
             steps = np.array(env["frontier"][v], float)
             ax.plot(
@@ -121,7 +128,8 @@ def _overlay_panel(ax: Axes, a: Mapping[str, Any]) -> None:
 
 def fig_loss_vs_compute(a: Mapping[str, Any]) -> Figure | str:
     """Per architecture its runs, the fitted law along each size, the compute-optimal
-    frontier with its band (dashed: extrapolated); then every frontier together."""
+    frontier with its band (dashed: extrapolated, in compute or to an optimum outside the
+    trained sizes and tokens); then every frontier together."""
     have = [v for v in VARIANTS if not skipped(a["laws"].get(v)) and a["laws"][v]["primary"]]
     if not have:
         return "no law was fitted: " + _reason(a, "laws")

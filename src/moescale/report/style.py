@@ -167,9 +167,16 @@ def band(ax: Axes, x: Sequence[float], lo: Sequence[float], hi: Sequence[float],
 
 
 def split_line(ax: Axes, x: np.ndarray, y: np.ndarray, edge: float, c: Any, lab: str,
-               lw: float = 2.2) -> None:  # fmt: skip
-    """Solid up to `edge` (the data), dashed beyond (the extrapolation)."""
+               lw: float = 2.2, among: np.ndarray | None = None) -> None:  # fmt: skip
+    """Solid up to `edge` (the data), dashed beyond (the extrapolation); with `among`, solid
+    only where it is also true (a compute within the data whose optimum is not is dashed)."""
     inside = x <= edge * 1.0001
+    if among is not None and not among[inside].all():
+        solid = inside & among
+        ax.plot(x, y, color=c, lw=lw, ls="--", label=None if solid.any() else lab)
+        if solid.any():
+            ax.plot(x, np.where(solid, y, np.nan), color=c, lw=lw, label=lab)
+        return
     ax.plot(x[inside], y[inside], color=c, lw=lw, label=lab)
     if (~inside).any():
         j = max(int(inside.sum()) - 1, 0)

@@ -112,6 +112,24 @@ def compute_grid(points: Sequence[Point], budgets: Sequence[float], n: int = 25)
     return np.geomspace(float(c.min()), hi, n)
 
 
+RUNS_SLACK = 1.25  # an optimum this close to the trained sizes and tokens counts as among them
+
+
+def outside_runs(n_active: float, tokens: float, points: Sequence[Any]) -> str:
+    """'' when a compute-optimal N_active and D lie among the trained ones (within RUNS_SLACK),
+    else what lies outside: a compute inside the data can still put its optimum at a size or a
+    token count no run had, and the loss there is the law's form, not a measurement."""
+    far = []
+    for value, attr, what in ((n_active, "n_active", "N_opt"), (tokens, "tokens", "D_opt")):
+        have = [getattr(p, attr) for p in points]
+        if not (have and math.isfinite(value)):
+            continue
+        lo, hi = min(have), max(have)
+        if not lo / RUNS_SLACK <= value <= hi * RUNS_SLACK:
+            far.append(f"{what} {value:.3g} (trained {lo:.3g} to {hi:.3g})")
+    return ", ".join(far)
+
+
 def frontier(fits: ArchFits, grid: np.ndarray) -> dict[str, Any]:
     """N_opt(C), D_opt(C) and L*(C) of the primary law along `grid`, with intervals; a
     budget without an interior optimum is nan (and counted)."""
@@ -141,6 +159,8 @@ def frontier(fits: ArchFits, grid: np.ndarray) -> dict[str, Any]:
     for k, rows in cols.items():
         arr = np.array(rows)
         out[k], out[f"{k}_lo"], out[f"{k}_hi"] = arr[:, 0], arr[:, 1], arr[:, 2]
+    out["among_runs"] = [math.isfinite(n + d) and not outside_runs(n, d, fits.points)
+                         for n, d in zip(out["n_active"], out["tokens"], strict=True)]  # fmt: skip
     return out
 
 

@@ -51,6 +51,7 @@ from moescale.study.analysis_frontier import (
     granularity_gap,
     granularity_plan,
     isoflop,
+    outside_runs,
     plan_at,
 )
 from moescale.study.analysis_hyper import hyper_section, noise_section
@@ -123,7 +124,8 @@ def _equal_compute_fits(fits: Mapping[str, ArchFits], computes: Sequence[float],
             plan = _cached(cache, ("plan", v, c), plan_at, f, c)
             if not is_skipped(plan):
                 row["loss"][v] = plan["numbers"]["loss"]
-                if far := _outside(plan["numbers"], f.points):
+                nums = plan["numbers"]
+                if far := outside_runs(nums["n_active"][0], nums["tokens"][0], f.points):
                     row["outside_data"][v] = far
             if v != "dense" and "dense" in fits:
                 comp = _cached(cache, ("compare", v, c), comparison, f, fits["dense"], c)
@@ -157,22 +159,6 @@ def _law_sensitivity(row: dict[str, Any], v: str, f: ArchFits, dense: ArchFits,
                                                           other[2] < main[1]):  # fmt: skip
         row.setdefault("law_sensitivity", {})[f"{v}_vs_dense"] = {f.primary: main,
                                                                    "chinchilla": other}
-
-
-def _outside(numbers: Mapping[str, Any], points: Sequence[Any], slack: float = 1.25) -> str:
-    """'' when the compute-optimal N_active and D lie among the trained ones (within `slack`),
-    else what lies outside: a compute inside the data can still put its optimum at a size or a
-    token count no run had, and the loss there is the law's form, not a measurement."""
-    far = []
-    for key, attr, what in (("n_active", "n_active", "N_opt"), ("tokens", "tokens", "D_opt")):
-        value = (numbers.get(key) or [math.nan])[0]
-        have = [getattr(p, attr) for p in points]
-        if not (have and math.isfinite(value)):
-            continue
-        lo, hi = min(have), max(have)
-        if not lo / slack <= value <= hi * slack:
-            far.append(f"{what} {value:.3g} (trained {lo:.3g} to {hi:.3g})")
-    return ", ".join(far)
 
 
 def _plans(fits: Mapping[str, ArchFits], budgets: Sequence[float], cache: dict) -> dict:
