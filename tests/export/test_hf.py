@@ -69,15 +69,19 @@ CASES = {
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # no shared expert
 @pytest.mark.parametrize("case", CASES)
-def test_exported_logits_equal_ours(tmp_path: Path, tokenizer: Tokenizer, case: str) -> None:
+def test_exported_logits_equal_ours(tmp_path: Path, tokenizer: Tokenizer, case: str,
+                                    caplog) -> None:  # fmt: skip
     changes, architecture = CASES[case]
     model = {**tiny_model(), **changes}
     if "moe" in changes:
         model["moe"] = {**changes["moe"]}
     run_dir, net, _ = make_run(tmp_path, tokenizer, model)
-    res = export_run(run_dir, tmp_path / "out")
+    with caplog.at_level("WARNING", logger="moescale"):
+        res = export_run(run_dir, tmp_path / "out")
     assert res.architecture == architecture
     assert_same_logits(net, tmp_path / "out")
+    said = "capacity_factor 0.5 (token dropping); the exported model is dropless"
+    assert (said in caplog.text) == (case == "capacity_trained")
 
 
 @torch.no_grad()

@@ -7,8 +7,9 @@ AutoModelForCausalLM and AutoTokenizer without custom code or network.
 Dense -> LlamaForCausalLM; MoE with renormalised softmax routing in every block, no shared
 experts -> MixtralForCausalLM; other dropless softmax MoEs (shared experts, model.moe.every > 1,
 softmax_before_topk without renormalisation) -> Qwen2MoeForCausalLM. Each computes exactly
-our model's logits. Sigmoid and expert-choice routers and capacity_factor (token dropping)
-have no exact equivalent and are refused (exit status 2, naming the key).
+our model's logits. Sigmoid and expert-choice routers have no exact equivalent and are refused
+(exit status 2, naming the key); a run trained with capacity_factor (token dropping) exports
+dropless, as it evaluates, and says so.
 """
 
 from __future__ import annotations

@@ -194,6 +194,10 @@ def export_run(
     paths, out = RunPaths(Path(run_dir)), Path(out_dir)
     check_out_dir(out, force)
     cfg = read_model_config(paths)
+    if cfg.moe is not None and cfg.moe.capacity_factor is not None:
+        logger.warning(f"export: the run trained with model.moe.capacity_factor "
+                       f"{cfg.moe.capacity_factor:g} (token dropping); the exported model is "
+                       "dropless, as `moescale eval` evaluates it")  # fmt: skip
     tok_files, eos_id = tokenizer_files(Path(tokenizer) if tokenizer else paths.tokenizer, cfg)
     chosen, state = read_checkpoint(paths, step)
     model = to_hf(cfg, state["model"], eos_id, dtype)
