@@ -68,6 +68,20 @@ def test_yaml_scientific_notation_and_roundtrip(tmp_path):
     assert load_config(again) == cfg
 
 
+@pytest.mark.parametrize("text, match", [
+    ("model:\n  d_model: 64\n  d_model: 128\n", "key 'd_model' is given twice"),
+    ("train: {lr: 0.001, lr: 0.003}\n", "key 'lr' is given twice"),
+    ("# only a comment\n", "the file is empty"),
+])  # fmt: skip
+def test_a_setting_yaml_would_drop_is_refused(tmp_path, text, match):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+    path.write_text("{}\n")  # all defaults, said so
+    assert load_config(path).model == config_from_dict({}).model
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

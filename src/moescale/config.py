@@ -342,14 +342,32 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping: YAML keeps the last one
+    silently, so the other setting would be ignored without a word."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; write the keys you set (every other "
+                          "one keeps its default; `{}` alone means all defaults)")  # fmt: skip
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a YAML mapping.")
     return data
