@@ -123,8 +123,8 @@ def _equal_compute_fits(fits: Mapping[str, ArchFits], computes: Sequence[float],
         for v, f in fits.items():
             plan = _cached(cache, ("plan", v, c), plan_at, f, c)
             if not is_skipped(plan):
-                row["loss"][v] = plan["numbers"]["loss"]
                 nums = plan["numbers"]
+                row["loss"][v] = nums["loss"]
                 if far := outside_runs(nums["n_active"][0], nums["tokens"][0], f.points):
                     row["outside_data"][v] = far
             if v != "dense" and "dense" in fits:
