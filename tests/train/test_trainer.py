@@ -102,6 +102,24 @@ def test_ctrl_c_finishes_the_step_and_checkpoints_it(tmp_path: Path, tiny_data, 
     assert out.val_loss == ref.val_loss
 
 
+def test_resuming_on_another_thread_count_says_it_is_not_bitwise(tmp_path: Path, tiny_data):
+    """A CPU sum's order follows the threads: a checkpoint continued on another count gives
+    the same run to float rounding only, and the trainer says so (threads are not part of
+    what defines a run, so it is not refused)."""
+    cfg = tiny_config(tmp_path / "run", threads=1)
+    with pytest.raises(KeyboardInterrupt), log_lines(stop_at="step 12/"):
+        train(cfg, data=tiny_data)
+    with log_lines() as lines:
+        train(tiny_config(tmp_path / "run", threads=2), data=tiny_data)
+    said = [line for line in lines if "continuing on 2 threads a checkpoint saved on 1" in line]
+    assert len(said) == 1 and "not bit for bit" in said[0]
+    with pytest.raises(KeyboardInterrupt), log_lines(stop_at="step 12/"):
+        train(tiny_config(tmp_path / "same", threads=1), data=tiny_data)
+    with log_lines() as lines:
+        train(tiny_config(tmp_path / "same", threads=1), data=tiny_data)
+    assert not any("threads a checkpoint saved on" in line for line in lines)
+
+
 def test_finished_run_is_not_retrained(tmp_path: Path, tiny_data):
     cfg = tiny_config(tmp_path / "run", tokens=5 * 8 * 32)
     first = train(cfg, data=tiny_data)

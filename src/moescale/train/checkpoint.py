@@ -52,6 +52,7 @@ class TrainerState:
     wall_time_s: float = 0.0  # this run directory's own training time
     noise: dict[str, Any] | None = None  # NoiseScaleEstimator.state_dict()
     start_step: int = 0  # the step the run directory started from (train.init_from), else 0
+    threads: int = 0  # intra-op threads of the process that saved it (CPU sums depend on them)
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -228,12 +229,19 @@ def capture(
 
 
 def restore(
-    state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    threads: int = 0,
 ) -> TrainerState:
     """Load a captured state into the model, the optimizer and the RNGs; return the trainer's
-    counters."""
+    counters, now on `threads`. Resuming replays the run bit for bit only on the thread count
+    it had (a CPU sum's order follows the threads): another one is said, not refused."""
     from moescale.train.device import set_rng_state
 
     load_full_state(model, optimizer, state["model"], state["optimizer"])
     set_rng_state(state["rng"])
-    return TrainerState(**state["trainer"])
+    saved = TrainerState(**state["trainer"])
+    if threads and saved.threads and threads != saved.threads:
+        logger.warning(f"train: continuing on {threads} threads a checkpoint saved on "
+                       f"{saved.threads}: the losses follow the uninterrupted run's to float "
+                       "rounding, not bit for bit (train.threads fixes the count)")  # fmt: skip
+    return dataclasses.replace(saved, threads=threads or saved.threads)

@@ -201,7 +201,7 @@ class Trainer:
         )
         main = self.world.is_main
         self.metrics = MetricsLog(paths.metrics) if main else Silent()
-        self.state = checkpoint.TrainerState()
+        self.state = checkpoint.TrainerState(threads=self.threads)
         self.resumed = False  # from a checkpoint of this run's own directory
         self.start_step = self.resume()
         if t.compile:
@@ -232,7 +232,7 @@ class Trainer:
         return step
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.state = checkpoint.restore(state, self.model, self.optimizer)
+        self.state = checkpoint.restore(state, self.model, self.optimizer, self.threads)
         if self.noise is not None and self.state.noise is not None:
             if not self.noise.load_state_dict(self.state.noise):
                 logger.info("train: the noise-scale window starts afresh: its batch sizes "
