@@ -168,3 +168,14 @@ def test_no_search_over_g_when_the_fit_cannot_identify_its_g_term() -> None:
         make_plan(fit, 1.41e21, given={"E": 64}, **KRAJEWSKI)
     fixed = make_plan(fit, 1.41e21, given={"G": 4, "E": 64}, **KRAJEWSKI)
     assert fixed.allocation is not None and fixed.allocation.extras == {"G": 4.0}
+
+
+def test_an_optimum_below_the_familys_smallest_model_is_said() -> None:
+    """At a tiny budget the optimal N needs less than one layer: the plan builds the family's
+    one-layer model and says it is off the optimum, instead of quietly pricing it."""
+    fam = krajewski_family().dense()
+    tiny = make_plan(fit_of("chinchilla", CHIN), 1e9, family=fam)  # 0.34 layers
+    assert tiny.design is not None and tiny.design.n_layers == 1
+    assert any("layers of family" in w and "off the optimum" in w for w in tiny.warnings)
+    big = make_plan(fit_of("chinchilla", CHIN), 1e21, family=fam)
+    assert not any("off the optimum" in w for w in big.warnings)

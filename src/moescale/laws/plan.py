@@ -273,11 +273,13 @@ def make_plan(
     if chosen.family is not None:
         out.family = chosen.family  # at the optimal G when G was searched
         out.design = _design(chosen, fit.params, n_layers, budget)
+        if n_layers < 1:  # the family's smallest model is larger than the optimum
+            out.warnings.append(f"the optimum is {n_layers:.2g} layers of family "
+                                f"{out.family.name}: the plan builds its one-layer model, off "
+                                "the optimum")  # fmt: skip
     if degenerate:
-        out.warnings.append(
-            f"{degenerate} of {out.draws} bootstrap draws have no interior optimum (a zero "
-            "exponent or coefficient) and are left out of the intervals"
-        )
+        out.warnings.append(f"{degenerate} of {out.draws} bootstrap draws have no interior optimum"
+                            " (a zero exponent or coefficient) and are left out of the intervals")
     out.warnings += _range_warning(fit, budget, "--fit") + _fit_warnings(fit, "--fit")
     if dense is not None:
         out.comparison = c = _compare(sizings, fit, dense, dense_recorded or {}, fam, budget, kw)
@@ -325,10 +327,8 @@ def _compare(
 ) -> Comparison:
     """The dense side priced like the MoE side (its family's dense model) and compared."""
     if not isinstance(dense, FitResult):
-        raise UserError(
-            "--compare needs a law fit L(N, D); an isoflop fit gives N_opt(C) only and cannot "
-            "say what loss dense reaches with other N and D"
-        )
+        raise UserError("--compare needs a law fit L(N, D); an isoflop fit gives N_opt(C) only "
+                        "and cannot say what loss dense reaches with other N and D")  # fmt: skip
     form = dense.form()
     if "G" in form.inputs or recorded.get("E", 1.0) > 1 or recorded.get("G", 1.0) > 1:
         raise UserError(
