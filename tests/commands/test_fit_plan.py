@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from moescale.laws.result import FitResult
+
 CONTRACT_KEYS = {
     "law",
     "params",
@@ -311,9 +313,11 @@ def test_a_fit_records_the_design_its_rows_share(results_csv: Path, tmp_path: Pa
     """experts/granularity/top_k that every fitted row shares go into the fit JSON, so `plan`
     refuses a MoE fit given as --compare's dense one instead of labelling it dense."""
     dense_fit, moe_fit = tmp_path / "dense.json", tmp_path / "moe.json"
-    assert run_cli(["fit", str(results_csv), "--bootstrap", "0", "--json", str(dense_fit)]) == 0
+    argv = ["fit", str(results_csv), "--bootstrap", "0", "--where", "N > 0"]  # an alias of a column
+    assert run_cli([*argv, "--json", str(dense_fit)]) == 0
     d = json.loads(dense_fit.read_text())
     assert (d["experts"], d["granularity"], d["top_k"]) == (1.0, 1.0, 1.0)
+    assert FitResult.from_json(d, "dense").to_json() == d  # the design survives a round trip
     rows = list(csv.DictReader(results_csv.open()))
     moe_csv = write_table(tmp_path / "moe.csv", [{**r, "experts": 8, "top_k": 2} for r in rows])
     assert run_cli(["fit", str(moe_csv), "--bootstrap", "0", "--json", str(moe_fit)]) == 0

@@ -162,14 +162,13 @@ def run(args: argparse.Namespace) -> int:
     )
     with logs_to_stderr(args.json_out == STDOUT):
         res = _fit(args, options)
-        design = _design(args) if args.json_out else {}
     if args.json_out != STDOUT:
         if isinstance(res, FitResult):
             _print(res)
         else:
             _print_isoflop(res)
     if args.json_out:
-        emit_json({**res.to_json(), **design}, args.json_out)
+        emit_json(res.to_json(), args.json_out)
     if args.strict and res.warnings:
         codes = ", ".join(sorted({w.get("code", "?") for w in res.warnings}))
         print(
@@ -178,32 +177,6 @@ def run(args: argparse.Namespace) -> int:
         )
         return STRICT_EXIT
     return 0
-
-
-def _design(args: argparse.Namespace) -> dict[str, float]:
-    """`experts`, `granularity` and `top_k` that every selected row shares, for the fit JSON:
-    `plan` reads them (recorded_inputs) to know what the law describes, and refuses a MoE fit
-    given as --compare's dense one. The table is read again: it is small, and the fit does not
-    keep its rows."""
-    import logging
-
-    from moescale.laws.table import log as table_log
-    from moescale.laws.table import read_table, select_rows
-
-    table = read_table(args.table)
-    if args.where:
-        level = table_log.level
-        table_log.setLevel(logging.WARNING)  # the fit has said what --where kept
-        try:
-            table = select_rows(table, args.where)
-        finally:
-            table_log.setLevel(level)
-    out = {}
-    for col in (Col.EXPERTS, Col.GRANULARITY, Col.TOP_K):
-        values = {v for v in table.get(col, []) if isinstance(v, float | int)}
-        if len(values) == 1 and len(table.get(col, [])) > 0:
-            out[col] = float(values.pop())
-    return out
 
 
 def _fit(args: argparse.Namespace, options: TableOptions) -> FitResult | IsoFLOPResult:

@@ -445,5 +445,5 @@ def fit_table(
     return dataclasses.replace(
         res, columns=inp.columns, derived=inp.derived, table=str(path), sources=inp.sources,
         flops_convention=inp.convention, selection=selection(options, len(inp.loss)),
-        warnings=[*inp.warnings, *res.warnings],
+        warnings=[*inp.warnings, *res.warnings], design=inp.design,
     )  # fmt: skip

@@ -111,6 +111,7 @@ class IsoFLOPResult:
     flops_convention: str = ""
     table: str | None = None
     selection: dict[str, Any] = field(default_factory=dict)
+    design: dict[str, float] = field(default_factory=dict)  # result.shared_design of the rows
     method: str = ISOFLOP
     law: str = ISOFLOP
 
@@ -424,7 +425,7 @@ def isoflop_table(
     return replace(
         res, columns=inp.columns, sources=inp.sources, flops_convention=inp.convention,
         table=str(path), selection=selection(options, len(inp.loss)),
-        warnings=[*inp.warnings, *res.warnings],
+        warnings=[*inp.warnings, *res.warnings], design=inp.design,
     )  # fmt: skip
 
 

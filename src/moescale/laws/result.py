@@ -21,6 +21,7 @@ import numpy as np
 
 from moescale.errors import UserError
 from moescale.laws.forms import LawForm, form_from_spec
+from moescale.run import Col
 
 if TYPE_CHECKING:
     from moescale.laws.isoflop import IsoFLOPResult
@@ -76,6 +77,7 @@ class FitResult:
     sources: dict[str, str] = field(default_factory=dict)
     huber_delta: float | None = None
     selection: dict[str, Any] = field(default_factory=dict)
+    design: dict[str, float] = field(default_factory=dict)  # shared_design of the rows
 
     def form(self) -> LawForm:
         """The law form this result was fitted with (rebuilt from its spec)."""
@@ -222,6 +224,21 @@ def _draws_at_bounds(prob: Problem, samples: list[dict[str, float]]) -> list[tup
             if k >= 0.25 * len(samples)]  # fmt: skip
 
 
+DESIGN_COLUMNS = (Col.EXPERTS, Col.GRANULARITY, Col.TOP_K)
+
+
+def shared_design(table: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """experts, granularity and top_k that every row shares. The fit JSON records them (top
+    level): `plan` takes them as the law's E, G and k, and refuses a fit of MoE rows given as
+    the dense side of --compare."""
+    out = {}
+    for col in DESIGN_COLUMNS:
+        values = np.asarray(table.get(col, []))
+        if len(values) and values.dtype.kind in "fi" and np.all(values == values[0]):
+            out[col] = float(values[0])
+    return out
+
+
 def pooling_warnings(
     table: Mapping[str, np.ndarray], law_inputs: Sequence[str]
 ) -> list[dict[str, str]]:
@@ -267,6 +284,7 @@ def _diagnostics_json(res: FitResult | IsoFLOPResult) -> dict[str, Any]:
         "bootstrap_failed": res.bootstrap_failed,
         "bootstrap_degenerate": res.bootstrap_degenerate,
         "compute_range": None if res.compute_range is None else list(res.compute_range),
+        **res.design,
     }
 
 
@@ -279,6 +297,8 @@ def _diagnostics_from(get: _Reader, draws: int) -> dict[str, Any]:
         "bootstrap_failed": get("bootstrap_failed", _int, 0),
         "bootstrap_degenerate": get("bootstrap_degenerate", _int, 0),
         "compute_range": get("compute_range", _optional(_pair), None),
+        "design": {c: v for c in DESIGN_COLUMNS
+                   if (v := get(c, _optional(_number), None)) is not None},  # fmt: skip
     }
 
 

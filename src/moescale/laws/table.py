@@ -26,7 +26,7 @@ import numpy as np
 from moescale.errors import UserError
 from moescale.fmt import plural
 from moescale.laws.forms import EXTRA_INPUTS, LawForm
-from moescale.laws.result import pooling_warnings
+from moescale.laws.result import pooling_warnings, shared_design
 from moescale.run import Col
 
 log = logging.getLogger(__name__)
@@ -297,6 +297,7 @@ class FitInputs:
     convention: str = ""
     budget: np.ndarray | None = None  # a nominal-budget column (IsoFLOP grouping)
     warnings: list[dict[str, str]] = field(default_factory=list)  # pooled populations
+    design: dict[str, float] = field(default_factory=dict)  # result.shared_design
 
     def take(self, idx: np.ndarray) -> FitInputs:
         pick = None if self.groups is None else self.groups[idx]
@@ -441,7 +442,7 @@ def load_inputs(path: str | Path, form: LawForm, options: TableOptions) -> FitIn
         table = select_rows(table, options.where, {**aliases, **columns})
     check_one_tokenizer(table)
     inp = fit_inputs(table, form, columns, options.n_from_flops)
-    inp.warnings = pooling_warnings(table, form.inputs)
+    inp.warnings, inp.design = pooling_warnings(table, form.inputs), shared_design(table)
     if options.best_of:
         by = options.group_by or ("N", "D", *(x.symbol for x in form.extras))
         inp = keep_best(inp, table, options.best_of, by)
