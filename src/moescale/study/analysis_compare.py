@@ -47,11 +47,21 @@ def _close(a: float, b: float, tol: float) -> bool:
     return abs(a / b - 1.0) <= tol
 
 
-def _partner(p: Point, others: Sequence[Point], same_design: bool) -> Point | None:
-    hits = [q for q in others if _close(q.n_active, p.n_active, N_TOL)
-            and _close(q.tokens, p.tokens, D_TOL)
+def _sized_like(p: Point, others: Sequence[Point], same_design: bool) -> list[Point]:
+    """The other architecture's points of p's N_active (within N_TOL) and, MoE against MoE,
+    of p's E and k."""
+    return [q for q in others if _close(q.n_active, p.n_active, N_TOL)
             and (not same_design or (q.experts == p.experts and q.top_k == p.top_k))]  # fmt: skip
-    return min(hits, key=lambda q: abs(math.log(q.n_active / p.n_active))) if hits else None
+
+
+def _nearest_size(p: Point, hits: Sequence[Point]) -> Point:
+    return min(hits, key=lambda q: abs(math.log(q.n_active / p.n_active)))
+
+
+def _partner(p: Point, others: Sequence[Point], same_design: bool) -> Point | None:
+    """p's partner at equal N_active and tokens (the curves compare along tokens)."""
+    hits = [q for q in _sized_like(p, others, same_design) if _close(q.tokens, p.tokens, D_TOL)]
+    return _nearest_size(p, hits) if hits else None
 
 
 def _mean_interval(diffs: np.ndarray, ses: np.ndarray, groups: Sequence[Any] = ()) -> list[float]:
@@ -92,11 +102,10 @@ def at_compute(series: Sequence[Point], c: float) -> tuple[float, float, str] | 
 def _baseline(p: Point, others: Sequence[Point], same_design: bool):
     """p's partner of the first architecture at p's compute: (partner run nearest in compute,
     its loss and error there, how it was read), or None (module doc)."""
-    hits = [q for q in others if _close(q.n_active, p.n_active, N_TOL)
-            and (not same_design or (q.experts == p.experts and q.top_k == p.top_k))]  # fmt: skip
+    hits = _sized_like(p, others, same_design)
     if not hits:
         return None
-    size = min(hits, key=lambda q: abs(math.log(q.n_active / p.n_active))).n_active
+    size = _nearest_size(p, hits).n_active
     series = [q for q in hits if q.n_active == size]
     q = min(series, key=lambda q: abs(math.log(q.compute / p.compute)))
     if _close(q.compute, p.compute, C_TOL):
