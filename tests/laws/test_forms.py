@@ -157,3 +157,15 @@ def test_laws_do_not_import_torch():
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_custom_refuses_an_input_added_as_a_constant() -> None:
+    """Chinchilla as printed, E + A/N^α + B/D^β, would read E as the expert count."""
+    with pytest.raises(UserError, match="adds the input E as a term.*E0"):
+        custom("E + A/N**alpha + B/D**beta")
+
+
+def test_custom_law_with_a_constant_extra_input_is_refused() -> None:
+    x = {"N": [1e6, 2e6, 4e6, 8e6], "D": [1e9, 2e9, 4e9, 8e9], "E": [8.0] * 4}
+    with pytest.raises(UserError, match="two distinct values of E"):
+        fit_law("E0 + A/(N**alpha * E**g) + B/D**beta", x, [3, 2.9, 2.8, 2.7], holdout_frac=0)

@@ -186,3 +186,10 @@ def test_a_table_without_sweep_rows_is_not_warned(tmp_path: Path) -> None:
     res = fit_table(path, "chinchilla", bootstrap_draws=0, options=TableOptions(
         where="arch_name == 'moe'"))  # fmt: skip
     assert not codes(res) & {"mixed_architectures", "hyper_sweep_rows"}
+
+
+def test_drop_outliers_past_the_table_names_both_counts(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "t.csv", sweep_rows())
+    n = len(sweep_rows())
+    with pytest.raises(UserError, match=f"gives {n} points, 0 after --drop-outliers {n + 4};"):
+        fit_table(path, drop_outliers=n + 4, bootstrap_draws=0)

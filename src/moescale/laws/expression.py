@@ -154,6 +154,11 @@ def linear_structure(
     bases: list[tuple[Func, float]] = []
     offset_terms: list[tuple[ast.AST, float]] = []
     for term, sign in _split_sum(tree.body):
+        if isinstance(term, ast.Name) and term.id in inputs:  # "E + A/N**alpha + B/D**beta"
+            raise UserError(
+                f"law expression {expression!r} adds the input {term.id} as a term: N, D, C, E "
+                f"(experts) and G are inputs; name a constant otherwise, e.g. {term.id}0"
+            )
         p = _linear_factor(term, once - set(detected))
         if p is None or (linear is not None and p not in linear):
             offset_terms.append((term, sign))

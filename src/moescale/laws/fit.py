@@ -375,10 +375,10 @@ def _points(
     for extra in form.extras:
         # an exponent on a constant input is not identifiable (it folds into a coefficient)
         q = extra.symbol
-        if form.terms is not None and len(np.unique(xa[q])) < 2:
+        if (form.terms is not None or not form.builtin) and len(np.unique(xa[q])) < 2:
             raise UserError(
-                f"law {form.name} needs at least two distinct values of {q} "
-                f"(only {xa[q][0]:g} found); fit 'chinchilla' for a single architecture"
+                f"law {form.name} needs at least two distinct values of {q}, the "
+                f"{extra.meaning} (only {xa[q][0]:g} found); fit 'chinchilla' for one architecture"
             )
     return _Points(xa, y, w, c, None if groups is None else np.asarray(groups), convention)
 
@@ -433,9 +433,10 @@ def fit_table(
     inp = load_inputs(path, form, options)
     n_left = len(inp.loss) - drop_outliers
     if n_left < len(form.params):
+        left = f", {max(n_left, 0)} after --drop-outliers {drop_outliers}" if drop_outliers else ""
         raise UserError(
             f"law {form.name} has {plural(len(form.params), 'parameter')} but the table gives "
-            f"{plural(n_left, 'point')}; add rows or choose a law with fewer parameters"
+            f"{plural(len(inp.loss), 'point')}{left}; add rows or choose a law with fewer parameters"
         )
     res = fit_law(
         form, inp.x, inp.loss, compute=inp.compute, method=method, loss=loss, groups=inp.groups,
