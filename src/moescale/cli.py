@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from moescale.console import configure_console
@@ -57,8 +58,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# argparse (3.11) takes "-1e20" for an option, so `plan --budget -1e20` said "expected one
+# argument" instead of the command's own check of the value
+_NEGATIVE_NUMBER = re.compile(r"-\.?\d")  # no option name starts so (as in Python 3.13)
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """`--flag -1e20` -> `--flag=-1e20`, so that the command sees (and refuses) the number."""
+    out: list[str] = []
+    for a in argv:
+        prev = out[-1] if out else ""
+        if _NEGATIVE_NUMBER.match(a) and prev.startswith("--") and "=" not in prev:
+            out[-1] = f"{prev}={a}"
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _attach_negative_values(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     configure_console()

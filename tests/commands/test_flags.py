@@ -34,3 +34,21 @@ def test_bad_budgets_stop_before_writing(command: str, tmp_path: Path, capsys) -
     err = capsys.readouterr().err
     assert "'-1e22' is not a positive FLOP count" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_negative_number_after_a_flag_is_its_value() -> None:
+    """argparse would take '-1e20' for an option ("expected one argument"): the command's own
+    check must see it."""
+    from moescale.cli import _attach_negative_values
+
+    argv = ["plan", "--budget", "-1e20", "--fit", "f.json", "--budgets", "-.5,1", "--x=1", "-2"]
+    assert _attach_negative_values(argv) == [
+        "plan", "--budget=-1e20", "--fit", "f.json", "--budgets=-.5,1", "--x=1", "-2"
+    ]  # fmt: skip
+
+
+def test_plan_refuses_a_negative_budget_by_name(tmp_path: Path, capsys) -> None:
+    from moescale.cli import main
+
+    assert main(["plan", "--budget", "-1e20", "--fit", str(tmp_path / "none.json")]) == 2
+    assert "--budget must be a positive number of FLOPs" in capsys.readouterr().err

@@ -436,7 +436,7 @@ def fit_table(
         left = f", {max(n_left, 0)} after --drop-outliers {drop_outliers}" if drop_outliers else ""
         raise UserError(
             f"law {form.name} has {plural(len(form.params), 'parameter')} but the table gives "
-            f"{plural(len(inp.loss), 'point')}{left}; add rows or choose a law with fewer parameters"
+            f"{plural(len(inp.loss), 'point')}{left}; add rows or choose a law with fewer terms"
         )
     res = fit_law(
         form, inp.x, inp.loss, compute=inp.compute, method=method, loss=loss, groups=inp.groups,
