@@ -193,3 +193,14 @@ def test_drop_outliers_past_the_table_names_both_counts(tmp_path: Path) -> None:
     n = len(sweep_rows())
     with pytest.raises(UserError, match=f"gives {n} points, 0 after --drop-outliers {n + 4};"):
         fit_table(path, drop_outliers=n + 4, bootstrap_draws=0)
+
+
+def test_the_advice_for_a_non_finite_loss_removes_it(tmp_path: Path) -> None:
+    rows = sweep_rows()
+    rows[3]["val_loss"], rows[7]["val_loss"] = float("inf"), float("nan")
+    path = write_rows(tmp_path / "t.csv", rows)
+    with pytest.raises(UserError, match="2 bad rows") as err:
+        fit_table(path, bootstrap_draws=0)
+    where = str(err.value).split('--where "')[1].rstrip('"')
+    res = fit_table(path, bootstrap_draws=0, options=TableOptions(where=where))
+    assert res.n_points == len(rows) - 2

@@ -8,7 +8,7 @@ derives columns (`--transform "loss=log(perplexity)"`), filters rows (`--where "
 and tokens > 1e9"`) and keeps the best row of each group (`--best-of loss --group-by arch,N,D`,
 e.g. the best learning rate of each configuration). Both expression flags are parsed with `ast`
 and evaluated by walking a whitelisted tree (names, numbers, strings, arithmetic, comparisons,
-and/or/not, log/log10/exp/sqrt/abs and col('a name with spaces')): nothing is ever `eval`ed.
+and/or/not, log/log10/exp/sqrt/abs/isfinite and col('a name with spaces')): nothing is `eval`ed.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def numeric_column(table: Mapping[str, np.ndarray], name: str, flag: str) -> np.
         raise UserError(
             f"column {name!r} must be finite and > 0, but row {i + 1} has {float(col[i])} "
             f"({plural(len(bad), 'bad row')}); fix or remove those rows, e.g. with "
-            f'--where "col({name!r}) > 0"'
+            f'--where "isfinite(col({name!r})) and col({name!r}) > 0"'
         )
     return col
 
@@ -150,7 +150,8 @@ _CMP: dict[type, Callable[..., np.ndarray]] = {
     ast.Eq: np.equal, ast.NotEq: np.not_equal, ast.Lt: np.less, ast.LtE: np.less_equal,
     ast.Gt: np.greater, ast.GtE: np.greater_equal,
 }  # fmt: skip
-_ROW_FUNCS = {"log": np.log, "log10": np.log10, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs}
+_ROW_FUNCS = {"log": np.log, "log10": np.log10, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs,
+              "isfinite": np.isfinite}  # fmt: skip
 
 
 def _is_text(v: object) -> bool:
@@ -210,7 +211,7 @@ class _RowExpr:
             return self.compare(node)
         raise self.fail(
             f"{ast.unparse(node)!r} is not allowed; use column names, numbers, 'strings', "
-            "+ - * / **, comparisons, and/or/not, and log/log10/exp/sqrt/abs"
+            "+ - * / **, comparisons, and/or/not, and log/log10/exp/sqrt/abs/isfinite"
         )
 
     def call(self, name: str, args: list[ast.expr]) -> object:
@@ -221,7 +222,7 @@ class _RowExpr:
         elif name in _ROW_FUNCS and len(args) == 1:
             with np.errstate(all="ignore"):
                 return _ROW_FUNCS[name](self.number(args[0]))
-        raise self.fail(f"{name}() is not allowed; use col('NAME'), log, log10, exp, sqrt, abs")
+        raise self.fail(f"{name}() is not allowed; use col('NAME'), {', '.join(_ROW_FUNCS)}")
 
     def compare(self, node: ast.Compare) -> np.ndarray:
         out: np.ndarray | bool = True
