@@ -49,12 +49,14 @@ def test_cloze_items_cut_each_paragraph_before_its_last_word():
     assert len(many) == 7
 
 
-def test_multiple_choice_task_runs_end_to_end(loaded, tmp_path: Path):
+def test_multiple_choice_task_runs_end_to_end(loaded, tmp_path: Path, monkeypatch, capfd):
     pytest.importorskip("lm_eval")
     from moescale.eval.harness import MoescaleLM
     from moescale.eval.tasks import run_tasks
 
+    monkeypatch.chdir(tmp_path)  # outside a git repository, lm-eval's `git describe` is quiet
     records = run_tasks(loaded, [], [write_mc_task(tmp_path / "tasks")], batch_size=4)
+    assert "not a git repository" not in capfd.readouterr().err
     [(key, rec)] = records.items()
     assert key == f"task:tiny_mc|fewshot=default|limit=all|step={loaded.step}"
     acc = rec["metrics"]["acc"]

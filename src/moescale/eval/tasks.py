@@ -37,6 +37,7 @@ import importlib.util
 import json
 import logging
 import re
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -280,11 +281,28 @@ def run_tasks(
             raise UserError(f"no lm-eval task YAML in {', '.join(map(str, include))}.")
     tm = _task_manager(names, include)
     model = MoescaleLM(run=run, batch_size=batch_size)
-    out = lm_eval.simple_evaluate(
-        model=model, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=tm,
-        bootstrap_iters=bootstrap_iters, log_samples=False,
-    )  # fmt: skip
+    import lm_eval.evaluator as evaluator
+
+    saved, evaluator.get_git_commit_hash = evaluator.get_git_commit_hash, _quiet_git_hash
+    try:
+        out = lm_eval.simple_evaluate(
+            model=model, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=tm,
+            bootstrap_iters=bootstrap_iters, log_samples=False,
+        )  # fmt: skip
+    finally:
+        evaluator.get_git_commit_hash = saved
     return _records(out, run, num_fewshot, limit)
+
+
+def _quiet_git_hash() -> str | None:
+    """The working directory's commit, as lm-eval records it, without the "fatal: not a git
+    repository" its own `git describe` printed to the terminal outside a repository."""
+    try:
+        got = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True,
+                             timeout=10, check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return got.stdout.strip() or None if got.returncode == 0 else None
 
 
 def _records(
