@@ -116,6 +116,29 @@ def test_export_is_atomic_and_replaces_only_with_force(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]
 
 
+def test_force_never_replaces_the_run_or_what_is_not_an_export(
+    tmp_path: Path, tokenizer: Tokenizer
+):
+    run_dir, _, _ = make_run(tmp_path, tokenizer, tiny_model())
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    for out in (run_dir, tmp_path):  # the run itself, and a folder that holds it
+        with pytest.raises(UserError, match="holds the run"):
+            export_run(run_dir, out, force=True)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    (other / "model.safetensors").write_text("x")
+    (other / "drafts").mkdir()
+    with pytest.raises(UserError, match="not a previous export"):
+        export_run(run_dir, other, force=True)
+    (other / "drafts").rmdir()
+    (other / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="not a previous export"):
+        export_run(run_dir, other, force=True)
+    assert sorted(p.name for p in run_dir.rglob("*")) == before
+    assert sorted(p.name for p in other.iterdir()) == ["config.json"]
+
+
 def test_missing_tokenizer_names_the_flag(tmp_path: Path, tokenizer: Tokenizer):
     run_dir, _, _ = make_run(tmp_path, tokenizer, tiny_model())
     moved = tmp_path / "tok.json"

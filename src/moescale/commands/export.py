@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight dtype (default float32, as trained)")  # fmt: skip
     p.add_argument("--tokenizer", metavar="PATH",
                    help="tokenizer.json to use (default: RUN_DIR/tokenizer.json)")  # fmt: skip
-    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty")
+    p.add_argument("--force", action="store_true",
+                   help="replace a previous export in OUT_DIR (never anything else)")  # fmt: skip
     add_json_flag(p, "what was exported")
 
 

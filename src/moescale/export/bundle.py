@@ -141,13 +141,25 @@ def write_model(model: HFModel, directory: Path, metadata: dict[str, str]) -> li
     return [WEIGHTS, "config.json", "generation_config.json"]
 
 
-def check_out_dir(out: Path, force: bool) -> None:
-    """Before any work: OUT_DIR must be new, empty, or replaced on purpose (--force)."""
+def check_out_dir(out: Path, force: bool, run_dir: Path | None = None) -> None:
+    """Before any work: OUT_DIR must be new, empty, or a previous export replaced on purpose
+    (--force). --force replaces only what looks like an export (its config.json and weights,
+    no subdirectory): `export runs/x runs/x --force`, or a parent folder, deleted the run."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file: give a directory to export into.")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if run_dir is not None and out.resolve() in (run_dir.resolve(), *run_dir.resolve().parents):
+        raise UserError(f"{out} holds the run {run_dir} itself: export into another directory.")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
         raise UserError(f"{out} already exists and is not empty: choose another directory, or "
-                        "pass --force to replace it.")  # fmt: skip
+                        "pass --force to replace a previous export there.")  # fmt: skip
+    entries = list(out.iterdir())
+    names = {p.name for p in entries}
+    if not {WEIGHTS, "config.json"} <= names or any(p.is_dir() for p in entries):
+        raise UserError(f"{out} is not a previous export (no {WEIGHTS} and config.json, or it has "
+                        "subdirectories): --force replaces only an export; choose another "
+                        "directory.")  # fmt: skip
 
 
 def write_dir_atomically(out: Path, fill: Callable[[Path], None], force: bool) -> None:
@@ -192,7 +204,7 @@ def export_run(
     directory `out_dir` that `AutoModelForCausalLM.from_pretrained` and
     `AutoTokenizer.from_pretrained` load without custom code."""
     paths, out = RunPaths(Path(run_dir)), Path(out_dir)
-    check_out_dir(out, force)
+    check_out_dir(out, force, paths.dir)
     cfg = read_model_config(paths)
     if cfg.moe is not None and cfg.moe.capacity_factor is not None:
         logger.warning(f"export: the run trained with model.moe.capacity_factor "
