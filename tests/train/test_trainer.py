@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from moescale.config import config_from_dict
 from moescale.errors import ConfigError, UserError
 from moescale.run import RunSummary, read_metrics, read_summary
 from moescale.train import step as step_mod
@@ -133,6 +134,18 @@ def test_finished_run_is_not_retrained(tmp_path: Path, tiny_data):
         train(tiny_config(tmp_path / "run", tokens=5 * 8 * 32, lr=1e-3), data=tiny_data)
     forced = train(cfg, data=tiny_data, force=True)
     assert forced.status == "done" and forced.steps == 5
+
+
+def test_force_deletes_nothing_when_the_new_data_fail(tmp_path: Path, tiny_data):
+    cfg = tiny_config(tmp_path / "run", tokens=5 * 8 * 32)
+    train(cfg, data=tiny_data)
+    before = sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    (tmp_path / "empty.txt").write_text("")
+    d = cfg.to_dict()
+    d["data"].update(corpus=[str(tmp_path / "empty.txt")], cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(UserError, match="no text"):
+        train(config_from_dict(d), force=True)
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
 
 
 def test_changed_config_of_unfinished_run_is_refused(tmp_path: Path, tiny_data):

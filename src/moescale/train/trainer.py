@@ -117,11 +117,13 @@ def train(cfg: Config, data: TokenData | None = None, force: bool = False) -> Ru
             held.enter_context(RunLock(paths.dir))
             return _check_previous(cfg, paths, force)
 
+        init = branch.load_init(cfg) if force and cfg.train.init_from else None
+        if force:  # what can fail does (init_from above, the data), before the run is deleted
+            data = prepare_on_ranks(cfg, data, world)
         previous, fresh = on_main(world, check)
         if previous is not None and previous.status == "done":
             return previous
-        init = None
-        if cfg.train.init_from and fresh:
+        if cfg.train.init_from and fresh and init is None:
             init = branch.load_init(cfg)  # refused before the data step and any log file
         with log_to_file(paths.log) if world.is_main else nullcontext():
             return Trainer(cfg, paths, data, init, world).run()
@@ -194,11 +196,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, t, self.device.type)
         # the small batch: one rank's share of the step, else its first micro-batch
         small = self.tokens_per_step // self.world.size if self.world.size > 1 else micro * seq
-        self.noise = (
-            NoiseScaleEstimator(small, self.tokens_per_step, t.noise_scale_window)
-            if t.noise_scale
-            else None
-        )
+        self.noise = None
+        if t.noise_scale:
+            self.noise = NoiseScaleEstimator(small, self.tokens_per_step, t.noise_scale_window)
         main = self.world.is_main
         self.metrics = MetricsLog(paths.metrics) if main else Silent()
         self.state = checkpoint.TrainerState(threads=self.threads)
