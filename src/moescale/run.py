@@ -248,7 +248,10 @@ def read_summary(run_dir: str | Path) -> RunSummary:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise RunDirError(f"{path} is not readable JSON ({exc}); retrain with --force") from None
+        raise RunDirError(
+            f"{path} is not readable JSON ({exc}); to train the run again, delete {path.parent} "
+            "(a study retrains it when run again) or use `moescale train CONFIG --force`"
+        ) from None
     summary = RunSummary.from_dict(data, str(path))
     if summary.status == "running" and lock_holder(run_dir) is None:
         summary.status = "interrupted"
