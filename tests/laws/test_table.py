@@ -204,3 +204,15 @@ def test_the_advice_for_a_non_finite_loss_removes_it(tmp_path: Path) -> None:
     where = str(err.value).split('--where "')[1].rstrip('"')
     res = fit_table(path, bootstrap_draws=0, options=TableOptions(where=where))
     assert res.n_points == len(rows) - 2
+
+
+def test_unfinished_and_repeated_rows_are_warned(tmp_path: Path) -> None:
+    rows = [{**r, "status": "done"} for r in sweep_rows()]
+    clean = fit_table(write_rows(tmp_path / "a.csv", rows), bootstrap_draws=0)
+    assert not {"unfinished_rows", "duplicate_rows"} & {w["code"] for w in clean.warnings}
+    rows[4]["status"] = "failed"
+    res = fit_table(write_rows(tmp_path / "b.csv", rows + rows[:2]), bootstrap_draws=0)
+    said = {w["code"]: w["message"] for w in res.warnings}
+    assert "status failed" in said["unfinished_rows"]
+    assert "status == 'done'" in said["unfinished_rows"]
+    assert said["duplicate_rows"].startswith("2 rows repeat")

@@ -264,6 +264,15 @@ def pooling_warnings(
         found.append(("hyper_sweep_rows", f"rows from the {' and '.join(swept)} sweep (column "
                       "hyper) are runs away from the base hyperparameters; add --where "
                       "\"hyper == ''\" to leave them out"))  # fmt: skip
+    unfinished = sorted({str(v) for v in table.get("status", []) if str(v) != "done"})
+    if unfinished:
+        found.append(("unfinished_rows", f"rows with status {', '.join(unfinished)} (column "
+                      "status) are not finished runs; add --where \"status == 'done'\" to leave "
+                      "them out"))  # fmt: skip
+    rows = list(zip(*(np.asarray(v).astype(str).tolist() for v in table.values()), strict=True))
+    if len(set(rows)) < len(rows):
+        found.append(("duplicate_rows", f"{len(rows) - len(set(rows))} rows repeat another row "
+                      "in every column (a table concatenated twice?): each counts as a point"))
     for _, message in found:
         log.warning(message)
     return [{"code": code, "message": m} for code, m in found]
