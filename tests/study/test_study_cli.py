@@ -157,6 +157,16 @@ def test_study_evaluates_ladder_runs_downstream(tmp_path: Path, corpus_dir: Path
     assert (tmp_path / "study" / "figures" / "accuracy.png").exists()  # drawn, not skipped
 
 
+def test_unknown_eval_task_stops_the_study_before_training(tmp_path: Path, corpus_dir: Path,
+                                                          capsys):  # fmt: skip
+    pytest.importorskip("lm_eval")
+    spec = write_study(tmp_path, corpus_dir, eval={"tasks": ["moescale_cloze", "no_such_tsk"]})
+    for dry in ([], ["--dry-run"]):
+        assert main(["study", str(spec), *dry]) == 2
+        assert "eval.tasks: unknown lm-eval task(s): no_such_tsk" in capsys.readouterr().err
+    assert not (tmp_path / "study" / "runs").exists()  # nothing trained
+
+
 def test_dry_run_lists_runs_and_estimates_without_training(tmp_path: Path, corpus_dir: Path,
                                                            capsys):  # fmt: skip
     spec = write_study(tmp_path, corpus_dir)

@@ -203,6 +203,24 @@ def build_mmlu_task(cache_dir: str | Path | None = None) -> Path:
     return directory
 
 
+def check_task_names(names: Sequence[str], field: str = "eval.tasks") -> None:
+    """Before a study trains anything: its task names are ours or lm-eval's (a typo was found
+    only once every run had trained)."""
+    theirs = [n for n in names if n not in (CLOZE, MMLU) and not n.startswith("bigbench:")]
+    if not names:
+        return
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise UserError(f"{field} needs lm-evaluation-harness: pip install 'moescale[eval]' "
+                        "(or lm-eval), or leave the tasks out.") from None  # fmt: skip
+    if theirs:
+        try:
+            _task_manager(theirs, [])
+        except UserError as exc:
+            raise UserError(f"{field}: {exc}") from None
+
+
 def _task_manager(tasks: list[str], include: list[Path]) -> Any:
     """A TaskManager over `include`, with lm-eval's own tasks only when a name needs them
     (indexing them all takes seconds)."""

@@ -264,6 +264,10 @@ def run_study(
 ) -> StudyOutcome:  # fmt: skip
     study = load_study(path, overrides)
     validate_runs(study)
+    if study.eval_tasks():
+        from moescale.eval.tasks import check_task_names
+
+        check_task_names(study.eval_tasks())
     ex_cfg = executor_config(study, workers, retries)
     plan_branches(study)
     n_workers, threads = plan_workers(ex_cfg)
