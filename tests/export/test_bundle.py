@@ -70,6 +70,11 @@ def test_newest_checkpoint_by_default_or_the_given_step(tmp_path: Path, tokenize
     assert torch.equal(embedding(tmp_path / "old"), old)
     with pytest.raises(UserError, match=r"--step 9: no such checkpoint.*7, 20"):
         export_run(run_dir, tmp_path / "none", step=9)
+    newest = dict(list_checkpoints(RunPaths(run_dir).checkpoints))[20]
+    newest.write_bytes(newest.read_bytes()[:100])  # damaged (or pruned by a training run)
+    assert export_run(run_dir, tmp_path / "fallback").step == 7  # the newest that loads
+    with pytest.raises(UserError, match="step_00000020.pt does not load.*--step 7"):
+        export_run(run_dir, tmp_path / "none", step=20)
 
 
 def test_a_run_without_checkpoints_or_config_is_refused(tmp_path: Path, tokenizer: Tokenizer):

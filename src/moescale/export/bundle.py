@@ -62,8 +62,9 @@ def read_model_config(paths: RunPaths) -> ModelConfig:
 
 
 def read_checkpoint(paths: RunPaths, step: int | None) -> tuple[int, dict[str, Any]]:
-    """(step, state) of checkpoint `step`, or of the newest one; errors say which exist."""
-    from moescale.train.checkpoint import list_checkpoints, load_checkpoint
+    """(step, state) of checkpoint `step`, or of the newest one that loads (a damaged one, or
+    one a training run prunes meanwhile, is skipped with a warning); errors say which exist."""
+    from moescale.train.checkpoint import list_checkpoints, load_checkpoint, load_latest
 
     found = list_checkpoints(paths.checkpoints)
     if not found:
@@ -75,8 +76,12 @@ def read_checkpoint(paths: RunPaths, step: int | None) -> tuple[int, dict[str, A
     if step is not None and step not in steps:
         raise UserError(f"--step {step}: no such checkpoint; {paths.checkpoints} holds steps "
                         f"{', '.join(map(str, steps))}.")  # fmt: skip
-    chosen = step if step is not None else steps[-1]
-    path = dict(found)[chosen]
+    if step is None:
+        newest = load_latest(paths.checkpoints)
+        if newest is None:
+            raise UserError(f"no checkpoint in {paths.checkpoints} loads (see the warnings).")
+        return newest
+    chosen, path = step, dict(found)[step]
     try:
         return chosen, load_checkpoint(path)
     except ValueError as exc:
