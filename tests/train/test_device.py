@@ -29,6 +29,15 @@ def test_threads_follow_setting_workers_and_load(monkeypatch):
     assert dev.choose_threads(0).threads == 1
 
 
+def test_more_threads_than_cores_is_taken_and_warned(monkeypatch, caplog):
+    monkeypatch.setattr(dev, "available_cores", lambda: 2)
+    with caplog.at_level("WARNING", logger="moescale"):
+        assert dev.choose_threads(2).threads == 2
+        assert not caplog.records
+        assert dev.choose_threads(1000).threads == 1000
+    assert "train.threads 1000 exceeds the 2 cores" in caplog.text
+
+
 def test_busy_cores_sees_a_process_that_just_started():
     import subprocess
     import sys

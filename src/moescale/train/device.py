@@ -125,9 +125,12 @@ def choose_threads(
     parallel region, and when one of its threads is descheduled by another process every region
     waits for it; on a 2-core machine with one busy process a G 8 layer ran 4x slower with 2
     threads than with 1, while a dense layer barely changed."""
+    cores = available_cores()
+    if setting > cores:
+        logger.warning(f"train.threads {setting} exceeds the {cores} cores this process may use: "
+                       "threads that wait for a core slow every step (0 chooses)")  # fmt: skip
     if setting > 0:
         return ThreadChoice(setting, "train.threads")
-    cores = available_cores()
     workers = workers or int(os.environ.get("MOESCALE_WORKERS", "1") or 1)
     share = max(1, cores // max(1, workers))
     busy, how = busy_cores()
