@@ -207,6 +207,8 @@ def test_a_corpus_that_matches_no_file_leaves_no_run_directory(tmp_path: Path):
 def test_config_errors_name_the_key(tmp_path: Path, tiny_data):
     with pytest.raises(ConfigError, match="train.tokens"):
         train(tiny_config(tmp_path / "a", tokens=100), data=tiny_data)
+    with pytest.raises(ConfigError, match="train.tokens: 1e.300 is .* steps.*exponent"):
+        train(tiny_config(tmp_path / "a", tokens=1e300), data=tiny_data)
     with pytest.raises(ConfigError, match="train.noise_scale"):
         train(tiny_config(tmp_path / "b", noise_scale=True), data=tiny_data)
 

@@ -23,6 +23,9 @@ def micro_batch_size(cfg: Config, ranks: int = 1) -> int:
     return cfg.train.micro_batch_size or max(1, cfg.train.batch_size // ranks)
 
 
+MAX_STEPS = 10**9  # the largest published pre-training runs take about 1e6 steps
+
+
 def plan_steps(cfg: Config, ranks: int = 1) -> tuple[int, int, int]:
     """(steps, micro_batch_size, micro-batches per step) on `ranks` data-parallel ranks
     (moescale.train.distributed.check_split checks the split); errors name the key."""
@@ -33,6 +36,11 @@ def plan_steps(cfg: Config, ranks: int = 1) -> tuple[int, int, int]:
         raise ConfigError(
             f"train.tokens: {t.tokens} is less than one step of train.batch_size x model.seq_len "
             f"= {per_step} tokens; raise train.tokens or lower the batch size."
+        )
+    if steps > MAX_STEPS:  # 1e300 tokens validated, then "trained" with an lr of 4e-294
+        raise ConfigError(
+            f"train.tokens: {t.tokens:.3g} is {steps:.3g} steps of {per_step} tokens, more than "
+            f"{MAX_STEPS:.0e}; check its exponent (train.tokens counts tokens, e.g. 2e9)."
         )
     micro = micro_batch_size(cfg, ranks)
     n_micro = t.batch_size // micro
