@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     configure_console()
     try:
+        json_out = getattr(args, "json_out", None)
+        if json_out not in (None, "-") and os.path.isdir(json_out):  # found before the work
+            raise UserError(f"--json {json_out} is a directory: give a file, e.g. "
+                            f"{os.path.join(json_out, args.command + '.json')}")  # fmt: skip
         return int(args._run(args) or 0)
     except UserError as exc:
         print(f"moescale {args.command}: error: {exc}", file=sys.stderr)

@@ -52,3 +52,13 @@ def test_plan_refuses_a_negative_budget_by_name(tmp_path: Path, capsys) -> None:
 
     assert main(["plan", "--budget", "-1e20", "--fit", str(tmp_path / "none.json")]) == 2
     assert "--budget must be a positive number of FLOPs" in capsys.readouterr().err
+
+
+def test_json_into_a_directory_is_refused_before_the_work(tmp_path: Path, capsys) -> None:
+    from moescale.cli import main
+
+    table = tmp_path / "results.csv"
+    table.write_text("N,D,loss\n1e6,1e8,3.0\n")
+    assert main(["fit", str(table), "--json", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--json {tmp_path} is a directory: give a file, e.g. {tmp_path}/fit.json" in err
