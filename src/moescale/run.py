@@ -241,17 +241,13 @@ def read_summary(run_dir: str | Path) -> RunSummary:
     its process died (killed, Ctrl-C, machine reboot) and re-running it resumes."""
     path = RunPaths(Path(run_dir)).summary
     if not path.is_file():
-        raise RunDirError(
-            f"{path} does not exist: {Path(run_dir)} is not a run directory, or its run never "
-            "started (train it with `moescale train CONFIG`)"
-        )
+        raise RunDirError(f"{path} does not exist: {Path(run_dir)} is not a run directory, or "
+                          "its run never started (train it with `moescale train CONFIG`)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise RunDirError(
-            f"{path} is not readable JSON ({exc}); to train the run again, delete {path.parent} "
-            "(a study retrains it when run again) or use `moescale train CONFIG --force`"
-        ) from None
+        raise RunDirError(f"{path} is not readable JSON ({exc}); to train the run again, delete "
+                          f"{path.parent} (a study retrains it) or train --force") from None
     summary = RunSummary.from_dict(data, str(path))
     if summary.status == "running" and lock_holder(run_dir) is None:
         summary.status = "interrupted"

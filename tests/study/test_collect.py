@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from moescale.cli import main
+from moescale.errors import UserError
 from moescale.run import RunPaths, RunSummary
 from moescale.study.collect import collect, read_table
 
@@ -85,3 +87,15 @@ def test_a_study_collects_only_its_current_runs(tmp_path: Path):
     c = collect(tmp_path)
     assert [(r["run"], r["arch_name"]) for r in c.rows] == [("kept", "fg")]
     assert "current spec" in dict(c.problems)[str(tmp_path / "runs" / "old")]
+
+
+def test_a_run_directory_or_a_directory_without_runs_is_refused(tmp_path: Path):
+    run = fake_run(tmp_path, "a", val_loss=3.0)
+    with pytest.raises(UserError, match="is one run's directory: give the directory that holds"):
+        collect(run)
+    assert not (run / "results.csv").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no run directory"):
+        collect(tmp_path / "empty")
+    (tmp_path / "empty" / "runs.json").write_text('{"runs": {}}')  # a study whose runs failed early
+    assert collect(tmp_path / "empty").rows == []

@@ -108,9 +108,16 @@ def collect(root: str | Path, write: bool = True) -> Collected:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"collect: {root} is not a directory")
+    if (root / "summary.json").exists() or (root / "train.log").exists():
+        raise UserError(f"{root} is one run's directory: give the directory that holds the "
+                        f"runs (e.g. {root.parent}), or `moescale eval` for one run")  # fmt: skip
+    found = run_dirs(root)
+    if not found and not (root / MANIFEST).exists():  # a study whose runs all failed early
+        raise UserError(f"{root} holds no run directory (one with summary.json or train.log): "
+                        "give a study directory, or train runs into it first")  # fmt: skip
     manifest = _manifest(root)
     out = Collected([], [])
-    for d in run_dirs(root):
+    for d in found:
         labels = manifest.get(d.name, {})
         if manifest and not labels:
             out.problems.append((str(d), "not a run of the study's current spec (runs.json): "
