@@ -83,3 +83,11 @@ def test_intervals_contain_the_estimate_at_large_inputs() -> None:
     lo, hi = law.intervals["C"]
     assert lo <= law.exponent <= hi and hi - lo < 1e-8
     assert law.intervals["coef"][0] <= law.coef <= law.intervals["coef"][1]
+
+
+@pytest.mark.parametrize("frac", [-1.0, 1.0, 1.5, float("nan")])
+def test_holdout_frac_out_of_range_is_refused(frac: float) -> None:
+    """A negative fraction held out no cell and crashed (zero-size array to reduction)."""
+    n, d, b, lr, loss = ladder(((1e6, 1e8), (8e6, 8e8)))
+    with pytest.raises(UserError, match=r"holdout_frac \(--holdout-frac\) must be in \[0, 1\)"):
+        fit_hyper_laws(["dense"] * len(n), n, d, b, lr, loss, bootstrap=0, holdout_frac=frac)

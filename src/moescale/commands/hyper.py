@@ -18,9 +18,13 @@ Two inputs, two methods:
 Default method: curves for run directories and for tables with a `schedule` and a `loss`
 column, band otherwise. `moescale collect`'s curves.csv holds no run settings (arch, batch
 size, schedule): give the run directories instead. --where keeps rows as in `moescale fit`
-(e.g. "status == 'done'"). Batch sizes are in sequences (`batch_size`) or tokens
-(`--batch-col batch_tokens`); the unit is stated in the output and the JSON, which
-`moescale plan --hyper` reads.
+(e.g. "status == 'done'"). Batch sizes stay in the unit of their column, never converted:
+sequences (`batch_size`) or tokens (`--batch-col batch_tokens`); the unit is stated in the
+output and the JSON, which `moescale plan --hyper` reads. --batch-unit names the unit of any
+other column; for batch_size or batch_tokens it may only repeat theirs (`--batch-unit tokens`
+with batch_size is refused, not a relabelling: use `--batch-col batch_tokens`). --seq-len, which
+must agree with the table's seq_len column when it has one, is recorded so that `moescale plan
+--hyper` can also state a batch in sequences in tokens.
 
   moescale hyper TABLE|RUN_DIR... [--method curves|band] [--where EXPR] [--batch-col COL]
       [--batch-unit sequences|tokens] [--seq-len S] [--json [OUT]]
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,20 +73,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-unit",
         choices=sorted(set(UNITS.values())),
-        help="unit of --batch-col (batch_size: sequences, batch_tokens: tokens; else required)",
+        help="unit of --batch-col, required for a column other than batch_size (sequences) or "
+        "batch_tokens (tokens); it converts nothing, and one contradicting those is refused",
     )
-    parser.add_argument("--seq-len", type=int, help="tokens per sequence, to convert batch units")
-    parser.add_argument("--levels", type=int, default=16, help="loss levels per sweep (curves)")
-    parser.add_argument("--smooth", type=int, default=9, help="records averaged (curves)")
-    parser.add_argument("--holdout-frac", type=float, default=0.2, help="cells held out (band)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="draws for the intervals")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        help="tokens per sequence (>= 1), recorded for "
+        "`moescale plan --hyper` to state batches in sequences in tokens too",
+    )
+    parser.add_argument(
+        "--levels", type=int, default=16, help="loss levels per sweep, >= 1 (curves)"
+    )
+    parser.add_argument(
+        "--smooth", type=int, default=9, help="records averaged, >= 1 (1: none; curves)"
+    )
+    parser.add_argument(
+        "--holdout-frac",
+        type=float,
+        default=0.2,
+        help="fraction of cells held out, in [0, 1) (0: no held-out check; band)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="draws for the intervals, >= 0 (0: no intervals)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed, >= 0")
     add_json_flag(parser, "the laws")
 
 
 def run(args: argparse.Namespace) -> int:
     from moescale.laws.plan import HyperResult
 
+    check_options(args)
     with logs_to_stderr(args.json_out == STDOUT):
         method, laws = _laws(args)
     unit = args.batch_unit or UNITS[args.batch_col]
@@ -93,6 +119,52 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         emit_json(res.to_json(), args.json_out)
     return 0
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """A one-line UserError for any flag out of range, or a --batch-unit contradicting the known
+    unit of --batch-col, before any table is read (as `moescale fit`'s `check_options`)."""
+    for flag, ok, value, want in (
+        ("--bootstrap", args.bootstrap >= 0, args.bootstrap, ">= 0 (0: no intervals)"),
+        ("--holdout-frac", 0 <= args.holdout_frac < 1, args.holdout_frac,
+         "in [0, 1) (0: no held-out check)"),
+        ("--levels", args.levels >= 1, args.levels, ">= 1 (loss levels per sweep)"),
+        ("--smooth", args.smooth >= 1, args.smooth, ">= 1 (records averaged; 1: no smoothing)"),
+        ("--seed", args.seed >= 0, args.seed, ">= 0"),
+        ("--seq-len", args.seq_len is None or args.seq_len >= 1, args.seq_len,
+         ">= 1 (tokens per sequence)"),
+    ):  # fmt: skip
+        if not ok:
+            raise UserError(f"{flag} must be {want}, got {value}")
+    known = UNITS.get(args.batch_col)
+    if args.batch_unit and known and args.batch_unit != known:
+        col = next(c for c, u in UNITS.items() if u == args.batch_unit)
+        raise UserError(
+            f"--batch-unit {args.batch_unit} contradicts --batch-col {args.batch_col}, which is in "
+            f"{known}; hyper converts no units: for batch sizes in {args.batch_unit} give "
+            f"--batch-col {col} (a study's results.csv has it), or leave --batch-unit out"
+            + (" (with --seq-len, `moescale plan --hyper` states them in tokens too)"
+               if known == "sequences" else "")
+        )  # fmt: skip
+
+
+def _check_seq_len(table: dict, args: argparse.Namespace) -> None:
+    """--seq-len must be the runs' own, or `moescale plan --hyper` would state a batch in
+    sequences in the wrong number of tokens."""
+    if args.seq_len is None or "seq_len" not in table:
+        return
+    try:
+        have = sorted({v for v in map(float, table["seq_len"]) if math.isfinite(v)})
+    except (TypeError, ValueError):
+        return  # not a numeric column: nothing to compare with
+    if have and have != [float(args.seq_len)]:
+        fix = (
+            f'the runs differ in it: keep one length with --where, e.g. "seq_len == {have[0]:g}"'
+            if len(have) > 1
+            else f"leave --seq-len out or give {have[0]:g}"
+        )
+        raise UserError(f"--seq-len {args.seq_len} contradicts the table's seq_len column "
+                        f"({', '.join(f'{v:g}' for v in have)}): {fix}")  # fmt: skip
 
 
 def _boot(args: argparse.Namespace) -> dict[str, int]:
@@ -114,6 +186,7 @@ def _laws(args: argparse.Namespace) -> tuple[str, dict[str, HyperLaws]]:
         "curves" if dirs or ("schedule" in table and Metric.LOSS in table) else "band"
     )
     _check_columns(table, method, args)
+    _check_seq_len(table, args)
     if args.batch_unit is None and args.batch_col not in UNITS:
         raise UserError(f"--batch-col {args.batch_col}: say its unit with --batch-unit")
     boot = _boot(args)

@@ -14,8 +14,8 @@ so that dense and MoE are compared as Wang et al. (2024) do (docs/science.md, se
   batch size (whole steps), which must not split a cell. The held-out error refits without the
   largest-compute cells and predicts the centre of their bands.
 
-Batch sizes stay in the unit of their column (results tables: sequences; `batch_tokens`:
-tokens), stated in every result. Intervals are row-bootstrap percentiles.
+Batch sizes stay in the unit of their column, never converted (`batch_size`: sequences;
+`batch_tokens`: tokens), stated in every result. Intervals are row-bootstrap percentiles.
 """
 
 from __future__ import annotations
@@ -185,10 +185,8 @@ def arch_keys(table: Mapping[str, np.ndarray], n: int) -> np.ndarray:
     if any(c is None for c in cols):
         return base
     e, k, g = (np.asarray(c, float) for c in cols)
-    return np.array([
-        "dense" if (b == "dense" or ei <= 1) else f"{b} E{ei:g} k{ki:g} G{gi:g}"
-        for b, ei, ki, gi in zip(base, e, k, g, strict=True)
-    ])  # fmt: skip
+    return np.array(["dense" if (b == "dense" or ei <= 1) else f"{b} E{ei:g} k{ki:g} G{gi:g}"
+                     for b, ei, ki, gi in zip(base, e, k, g, strict=True)])  # fmt: skip
 
 
 def nominal(x: np.ndarray, tol: float = CELL_TOL) -> np.ndarray:
@@ -291,6 +289,8 @@ def fit_hyper_laws(
     for name, arr in (("N", n), ("D", d), ("C", c), ("batch", batch), ("lr", lr), ("loss", loss)):
         if len(bad := np.flatnonzero(~np.isfinite(arr) | (arr <= 0))):
             raise UserError(f"column {name} must be finite and > 0; row {int(bad[0]) + 1} is not")
+    if not 0 <= holdout_frac < 1:  # a negative fraction held out no cell, and then crashed
+        raise UserError(f"holdout_frac (--holdout-frac) must be in [0, 1), got {holdout_frac}")
     out: dict[str, HyperLaws] = {}
     for a in sorted(set(arch)):
         sel = arch == a
