@@ -121,3 +121,22 @@ def test_seq_len_must_be_the_runs_own(tmp_path: Path, capsys) -> None:
     err = error_of(["hyper", table, "--seq-len", "256"], capsys)
     assert "--seq-len 256 contradicts the table's seq_len column (128)" in err
     assert "leave --seq-len out or give 128" in err
+
+
+def test_a_family_of_longer_sequences_keeps_the_laws_sequence_length(tmp_path: Path, capsys):
+    """A batch law in sequences of 128 tokens, planned for a family of 2048-token sequences:
+    batch_tokens counts the law's 128 per sequence (the family's would say 16x more), and the
+    plan says so."""
+    hyper_json(tmp_path, capsys, "seq.json", "--seq-len", str(SEQ))
+    family = tmp_path / "family.yaml"
+    family.write_text("model: {d_model: 128, n_layers: 4, n_heads: 4, d_ff: 1024, "
+                      "vocab_size: 4096, seq_len: 2048}\n")  # fmt: skip
+    fit = tmp_path / "fit.json"
+    fit.write_text(json.dumps({"law": "chinchilla", "params": CHIN}))
+    argv = ["plan", "--budget", "1e21", "--fit", str(fit), "--family", str(family),
+            "--hyper", str(tmp_path / "seq.json"), "--json"]  # fmt: skip
+    assert run_cli(argv) == 0
+    plan = json.loads(capsys.readouterr().out)
+    b = plan["hyper"]["batch"]["batch_vs_compute"]
+    assert plan["hyper"]["batch_tokens"]["batch_vs_compute"] == pytest.approx(SEQ * b)
+    assert any("sequences of 128 tokens, the family's hold 2048" in w for w in plan["warnings"])

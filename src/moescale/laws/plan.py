@@ -93,9 +93,7 @@ class Plan:
             n_column=self.n_column,
             family=None if self.family is None else self.family.to_json(),
             design=None if self.design is None else self.design.to_json(),
-            assumptions=list(self.assumptions),
-            warnings=list(self.warnings),
-            draws=self.draws,
+            assumptions=list(self.assumptions), warnings=list(self.warnings), draws=self.draws,
             hyper=self.hyper,
         )
         if self.comparison is not None:
@@ -113,12 +111,9 @@ class _Inputs:
 
 
 def _resolve(
-    form: LawForm,
-    given: Mapping[str, float],
-    recorded: Mapping[str, float],
-    family: Family | None,
-    search_g: bool,
-) -> _Inputs:
+    form: LawForm, given: Mapping[str, float], recorded: Mapping[str, float],
+    family: Family | None, search_g: bool,
+) -> _Inputs:  # fmt: skip
     """Flags first, then what the fit JSON records, then the family template; refuse flags
     that nothing would use and laws whose E is unknown."""
     values: dict[str, float] = {}
@@ -432,7 +427,11 @@ def apply_hyper(plan: Plan, hyper: HyperResult, arch: str | None) -> None:
     if not out["batch"] and not out["lr"]:  # say why, rather than recommend nothing silently
         why = "; ".join(dict.fromkeys(hyper.laws[arch].skipped.values())) or "none takes its inputs"
         plan.warnings.append(f"--hyper: no batch-size or learning-rate law for {arch}: {why}")
-    seq = (plan.family.seq_len if plan.family else None) or hyper.seq_len
+    fam_seq = plan.family.seq_len if plan.family else None
+    seq = hyper.seq_len or fam_seq  # the law counts sequences of its runs' length, if known
+    if hyper.batch_unit == "sequences" and hyper.seq_len and fam_seq not in (None, seq):
+        plan.warnings.append(f"--hyper: the batch law counts sequences of {seq} tokens, the "
+                             f"family's hold {fam_seq}: batch_tokens counts {seq} per sequence")
     if hyper.batch_unit == "sequences" and seq:
         out["batch_tokens"] = {k: v * seq for k, v in out["batch"].items()}
     out["inputs"] = {**values, "note": "L the plan's loss, C its budget, N = N_active, D tokens"}
