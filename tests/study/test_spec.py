@@ -119,6 +119,7 @@ def test_explicit_runs(tmp_path: Path):
      ({"hyper": {"sizes": [5], "lr": [1e-3]}}, "ladder indices"),
      ({"seeds": [-1]}, "seeds"),
      ({"colour": "red"}, "unknown keys"),
+     ({"model": {"d_model": 64}}, r"unknown keys \['model'\] \(a run config: train it"),
      ({"report": {"budgets": [1e20], "colour": "red"}}, r"report: unknown keys \['colour'\]"),
      ({"report": {"budgets": [1e20, -1e22]}}, r"report.budgets\[1\]: .* positive"),
      ({"report": {"budgets": [float("nan")]}}, r"report.budgets\[0\]"),

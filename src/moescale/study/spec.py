@@ -332,7 +332,9 @@ def expand(
     from moescale.study.grid import grid_runs
 
     if unknown := set(data) - set(STUDY_KEYS):
-        raise _err("study", f"unknown keys {sorted(unknown)}; accepted: {', '.join(STUDY_KEYS)}")
+        run = {"model", "train"} & unknown and " (a run config: train it, or make it base:)"
+        raise _err("study", f"unknown keys {sorted(unknown)}{run or ''}; accepted: "
+                   f"{', '.join(STUDY_KEYS)}")  # fmt: skip
     name = str(data.get("name", default_name))
     base = _base(data, base_dir, overrides)
     out_dir = Path(str(data.get("out_dir", Path("runs") / name)))
