@@ -216,3 +216,14 @@ def test_unfinished_and_repeated_rows_are_warned(tmp_path: Path) -> None:
     assert "status failed" in said["unfinished_rows"]
     assert "status == 'done'" in said["unfinished_rows"]
     assert said["duplicate_rows"].startswith("2 rows repeat")
+
+
+def test_a_semicolon_separated_table_reads_as_the_comma_one(tmp_path: Path) -> None:
+    """Excel writes ';' where the decimal mark is a comma."""
+    from moescale.laws.table import read_table
+
+    comma = write_rows(tmp_path / "c.csv", sweep_rows())
+    semi = tmp_path / "s.csv"
+    semi.write_text(comma.read_text().replace(",", ";"))
+    a, b = read_table(comma), read_table(semi)
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)

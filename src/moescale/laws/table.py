@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -64,8 +65,10 @@ def read_table(path: str | Path) -> dict[str, np.ndarray]:
             raise UserError(f"cannot read Parquet table {p}: {exc}") from exc
     else:
         try:
-            with p.open(newline="", encoding="utf-8") as fh:
-                rows = list(csv.reader(fh))
+            text = p.read_text(encoding="utf-8")
+            head = text.partition("\n")[0]
+            delim = ";" if head.count(";") > head.count(",") else ","  # Excel's in many locales
+            rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delim))
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise UserError(f"cannot read CSV table {p}: {exc}") from exc
         if not rows or not any(h.strip() for h in rows[0]):
@@ -74,17 +77,14 @@ def read_table(path: str | Path) -> dict[str, np.ndarray]:
         body = [r for r in rows[1:] if any(c.strip() for c in r)]
         for i, r in enumerate(body, start=1):
             if len(r) != len(header):
-                raise UserError(
-                    f"table {p}: row {i} has {len(r)} fields but the header has {len(header)}"
-                )
+                raise UserError(f"table {p}: row {i} has {len(r)} fields but the header has "
+                                f"{len(header)}")  # fmt: skip
         raw = {h: [r[j] for r in body] for j, h in enumerate(header)}
     out: dict[str, np.ndarray] = {}
     for name, vals in raw.items():
         try:
-            out[name] = np.array(
-                [math.nan if v is None or str(v).strip() == "" else float(v) for v in vals],
-                float,
-            )
+            out[name] = np.array([math.nan if v is None or str(v).strip() == "" else float(v)
+                                  for v in vals], float)  # fmt: skip
         except (TypeError, ValueError):
             out[name] = np.array(["" if v is None else str(v) for v in vals])
     if not out or len(next(iter(out.values()))) == 0:
