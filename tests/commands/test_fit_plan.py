@@ -196,6 +196,9 @@ def test_plan_errors(tmp_path: Path, capsys) -> None:
     assert "does not exist" in error_of(
         ["plan", "--budget", "1e21", "--fit", str(tmp_path / "x.json")], capsys
     )
+    assert f"--fit {tmp_path} is a directory" in error_of(
+        ["plan", "--budget", "1e21", "--fit", str(tmp_path)], capsys
+    )
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     err = error_of(["plan", "--budget", "1e21", "--fit", str(bad)], capsys)

@@ -314,7 +314,8 @@ def _diagnostics_from(get: _Reader, draws: int) -> dict[str, Any]:
 def _load_json(path: str | Path, flag: str) -> tuple[Any, str]:
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"{flag} {p} does not exist; write it with `moescale fit TABLE --json {p}`")
+        what = "is a directory, not a fit's JSON" if p.is_dir() else "does not exist"
+        raise UserError(f"{flag} {p} {what}; write one with `moescale fit TABLE --json FILE`")
     try:
         return json.loads(p.read_text(encoding="utf-8")), f"{flag} {p}"
     except (OSError, UnicodeDecodeError, ValueError) as exc:
