@@ -93,6 +93,26 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml" if False else _ok(tmp_path), ["train.lr"])
 
 
+@pytest.mark.parametrize("item", ["model.d_model=[", "data.corpus=a: b: c", "train.lr={1"])
+def test_an_override_that_is_not_yaml_names_the_item(tmp_path, item):
+    with pytest.raises(ConfigError, match=r"^--set '.*': the value must be YAML.*quote it") as e:
+        load_config(_ok(tmp_path), [item])
+    assert str(e.value).count("\n") == 0
+
+
+def test_a_config_that_is_not_utf8_or_is_a_directory_says_so(tmp_path):
+    latin1 = tmp_path / "l1.yaml"
+    latin1.write_bytes(b"model: {d_model: 64}\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"l1.yaml' is not UTF-8 .*offset 26"):
+        load_config(latin1)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ConfigError, match="is a directory; give a YAML file.$"):
+        load_config(tmp_path / "run")
+    _ok(tmp_path).rename(tmp_path / "run" / "config.yaml")
+    with pytest.raises(ConfigError, match=r"is a directory; .* such as '.*run/config.yaml'"):
+        load_config(tmp_path / "run")
+
+
 def test_a_study_file_given_as_a_run_config_says_what_it_is():
     study = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
     with pytest.raises(ConfigError, match=r"is a study file .*moescale study .*--dry-run") as e:

@@ -312,7 +312,16 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"--set {text!r}: the key is empty.")
-    return key.split("."), yaml.safe_load(raw) if raw.strip() else None
+    if not raw.strip():
+        return key.split("."), None
+    try:
+        return key.split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:  # the parser's own message spans lines and shows a caret
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(
+            f"--set {text!r}: the value must be YAML, and {raw.strip()!r} is not ({problem}); "
+            f"""to pass it as text, quote it: --set '{key}="{raw.strip()}"'."""
+        ) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -359,10 +368,23 @@ class _UniqueKeys(yaml.SafeLoader):
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        inside = path / "config.yaml"
+        hint = f" such as {str(inside)!r}" if inside.is_file() else ""
+        raise ConfigError(f"config file {str(path)!r} is a directory; give a YAML file{hint}.")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist.")
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {str(path)!r} is not UTF-8 (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror}).") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
     if data is None:

@@ -62,3 +62,17 @@ def test_json_into_a_directory_is_refused_before_the_work(tmp_path: Path, capsys
     assert main(["fit", str(table), "--json", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"--json {tmp_path} is a directory: give a file, e.g. {tmp_path}/fit.json" in err
+
+
+def test_checkpoint_flags_refuse_negative_counts() -> None:
+    """eval and generate share --step and --threads: neither takes -1 (eval recorded it)."""
+    import argparse
+
+    from moescale.commands import add_checkpoint_flags
+
+    parser = argparse.ArgumentParser()
+    add_checkpoint_flags(parser)
+    assert parser.parse_args(["--step", "7", "--threads", "0"]).step == 7
+    for bad in (["--step=-1"], ["--threads=-2"], ["--threads", "two"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)

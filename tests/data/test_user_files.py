@@ -102,6 +102,17 @@ def test_jsonl_with_text_field(tmp_path: Path) -> None:
         load_user_files([str(path)], text_field="text")
 
 
+def test_jsonl_that_is_not_utf8_reads_as_latin1_like_txt(tmp_path: Path) -> None:
+    docs = ["caf\xe9 cr\xe8me", "na\xefve r\xe9sum\xe9"]
+    lines = [json.dumps({"text": d}, ensure_ascii=False) for d in docs]
+    (tmp_path / "l1.jsonl").write_bytes("\r\n".join(lines).encode("latin-1"))
+    (tmp_path / "l1.txt").write_bytes(docs[0].encode("latin-1"))
+    assert read_documents(tmp_path / "l1.jsonl") == docs
+    assert read_documents(tmp_path / "l1.txt") == docs[:1]
+    (tmp_path / "sep.jsonl").write_text(json.dumps({"text": "a\u2028b"}, ensure_ascii=False))
+    assert read_documents(tmp_path / "sep.jsonl") == ["a\u2028b"]  # one line, not two
+
+
 def test_parquet_with_text_column(tmp_path: Path) -> None:
     path = tmp_path / "d.parquet"
     docs = make_docs(6, seed=5)

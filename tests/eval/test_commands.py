@@ -52,6 +52,11 @@ def test_eval_without_anything_to_evaluate_exits_2(dense_run: Path):
     (["--text", "no/such.txt"], "cannot read --text no/such.txt: No such file"),
     (["--text", "README.md", "--stride", "0"], "--stride 0 must lie between 1 and the run's"),
     (["--text", "README.md", "--device", "tpu"], "--device: 'tpu' is not a device moescale runs"),
+    (["--tasks", "mmlu", "--num-fewshot", "-1"], "error: --num-fewshot -1 must be >= 0"),
+    (["--tasks", "mmlu", "--limit", "inf"], "--limit: 'inf' must be a whole count of items"),
+    (["--tasks", "mmlu", "--limit", "1.5"], "--limit: '1.5' must be a whole count of items"),
+    (["--text", "README.md", "--threads", "-1"], "--threads: '-1' must be a whole number >= 0"),
+    (["--text", "README.md", "--step=-1"], "--step: '-1' must be a whole number >= 0"),
 ])  # fmt: skip
 def test_eval_checks_its_flags_before_loading_the_checkpoint(dense_run: Path, flags, message):
     r = moescale("eval", str(dense_run), *flags)

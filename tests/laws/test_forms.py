@@ -169,3 +169,16 @@ def test_custom_law_with_a_constant_extra_input_is_refused() -> None:
     x = {"N": [1e6, 2e6, 4e6, 8e6], "D": [1e9, 2e9, 4e9, 8e9], "E": [8.0] * 4}
     with pytest.raises(UserError, match="two distinct values of E"):
         fit_law("E0 + A/(N**alpha * E**g) + B/D**beta", x, [3, 2.9, 2.8, 2.7], holdout_frac=0)
+
+
+@pytest.mark.parametrize("expr", ["N + D", "N*D", "log(N)", "1/N**0.5"])
+def test_custom_law_without_parameters_is_refused(expr: str) -> None:
+    with pytest.raises(UserError, match=r"has no parameters to fit.*E0 \+ A/N"):
+        get_form(expr)
+
+
+@pytest.mark.parametrize("name", ["__builtins__", "__x"])
+def test_custom_refuses_dunder_parameter_names(name: str) -> None:
+    """__builtins__ would replace eval's builtins; any dunder name is kept out of its globals."""
+    with pytest.raises(UserError, match=f"parameter name '{name}' starts with a double under"):
+        custom(f"{name} + A/N**alpha")

@@ -52,15 +52,21 @@ def add_set_flag(parser: argparse.ArgumentParser) -> None:
 def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     """--step, --device, --threads: which checkpoint of a run to load, and where to run it
     (the commands that use a trained run: eval, generate)."""
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    parser.add_argument("--step", type=count, help="checkpoint step (default: newest)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        metavar="N",
-        help="intra-op CPU threads (default: from the free cores)",
-    )
+    parser.add_argument("--threads", type=count, default=0, metavar="N",
+                        help="intra-op CPU threads (default 0: from the free cores)")  # fmt: skip
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number >= 0 (argparse's int takes -1, and eval recorded it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 0")
+    return value
 
 
 def flop_list(text: str | None, flag: str = "--budgets") -> list[float] | None:

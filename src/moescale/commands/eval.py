@@ -91,11 +91,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _limit(text: str) -> float | int:
-    """--limit: a whole count of items, or a fraction of them when below 1."""
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be above 0")
-    return int(value) if value >= 1 and value == int(value) else value
+    """--limit: a whole count of items, or a fraction of them when below 1 (lm-eval would cut
+    1.5 down to 1 item without a word, so a count above 1 must be whole)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf or (value >= 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be a whole count of items (e.g. 100) or a fraction below 1 (e.g. 0.1)"
+        )
+    return int(value) if value >= 1 else value
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """Refused before the checkpoint is loaded (a negative --num-fewshot was recorded in
+    eval.json as asked)."""
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise UserError(f"--num-fewshot {args.num_fewshot} must be >= 0 (0: zero-shot; leave it "
+                        "out for each task's own).")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("nothing to evaluate: give --text FILE, --tasks NAMES or --tasks-dir DIR.")
     from moescale.eval.perplexity import check_flags, read_text
 
+    _check_counts(args)
     check_flags(args.stride, args.batch_size)  # before the checkpoint is loaded
     texts = {path: read_text(path) for path in args.text}  # so is every file
     with logs_to_stderr(args.json_out == STDOUT):

@@ -10,6 +10,7 @@ expanded (`**` allowed).
 from __future__ import annotations
 
 import glob
+import io
 import json
 import logging
 import os
@@ -96,8 +97,12 @@ def read_documents(path: Path, text_field: str = "text", text_column: str = "tex
 
 
 def _read_jsonl(path: Path, field: str) -> list[str]:
+    """Decoded like a .txt file (`decode_text`): UTF-8, else the whole file as Latin-1, so a
+    legacy-encoded export still reads rather than failing on its first accented byte."""
     docs = []
-    with open(path, encoding="utf-8") as f:
+    # newline=None: universal newlines, as open() splits them; str.splitlines would also split
+    # at U+2028 (legal unescaped inside a JSON string) and at Latin-1's 0x85
+    with io.StringIO(decode_text(path.read_bytes()), newline=None) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

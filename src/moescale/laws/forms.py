@@ -347,6 +347,18 @@ def custom(
             f"law expression {expression!r} uses none of the inputs {', '.join(KNOWN_INPUTS)}"
         )
     params = tuple(sorted(used - set(inputs)))
+    if not params:  # before linear_structure, whose complaint about a bare input misleads
+        raise UserError(
+            f"law expression {expression!r} has no parameters to fit; name the constants the "
+            "fit should find, e.g. 'E0 + A/N**alpha + B/D**beta'"
+        )
+    # a dunder name would reach eval's globals (__builtins__ replaces the builtins)
+    for p in params:
+        if p.startswith("__"):
+            raise UserError(
+                f"law expression {expression!r}: parameter name {p!r} starts with a double "
+                f"underscore, which is reserved; rename it, e.g. {p.strip('_') or 'c'!r}"
+            )
     structure = linear_structure(expression, tuple(inputs), params, linear)
     nonlinear = tuple(p for p in params if p not in structure.linear)
     g = {p: _DEFAULT_EXP_GRID for p in nonlinear}
