@@ -206,7 +206,6 @@ def build_mmlu_task(cache_dir: str | Path | None = None) -> Path:
 def check_task_names(names: Sequence[str], field: str = "eval.tasks") -> None:
     """Before a study trains anything: its task names are ours or lm-eval's (a typo was found
     only once every run had trained)."""
-    theirs = [n for n in names if n not in (CLOZE, MMLU) and not n.startswith("bigbench:")]
     if not names:
         return
     try:
@@ -214,6 +213,7 @@ def check_task_names(names: Sequence[str], field: str = "eval.tasks") -> None:
     except ImportError:
         raise UserError(f"{field} needs lm-evaluation-harness: pip install 'moescale[eval]' "
                         "(or lm-eval), or leave the tasks out.") from None  # fmt: skip
+    theirs = [n for n in names if n not in (CLOZE, MMLU) and not n.startswith("bigbench:")]
     if theirs:
         try:
             _task_manager(theirs, [])
