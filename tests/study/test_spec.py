@@ -118,6 +118,8 @@ def test_explicit_runs(tmp_path: Path):
      ({"architectures": ["dense", "dense"]}, "expected 'dense' or a mapping|distinct"),
      ({"hyper": {"sizes": [5], "lr": [1e-3]}}, "ladder indices"),
      ({"seeds": [-1]}, "seeds"),
+     ({"seeds": [0, 1, 0]}, r"seeds: \[0, 1, 0\] repeats a seed"),
+     ({"runs": [{"name": "x"}, {"name": "x"}]}, r"runs\[1\]: the same run .* as runs\[0\]"),
      ({"colour": "red"}, "unknown keys"),
      ({"model": {"d_model": 64}}, r"unknown keys \['model'\] \(a run config: train it"),
      ({"report": {"budgets": [1e20], "colour": "red"}}, r"report: unknown keys \['colour'\]"),

@@ -97,6 +97,8 @@ def grid_runs(data: Mapping[str, Any], base: dict[str, Any], out_dir: Path) -> l
         or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
     ):
         raise _err("seeds", f"expected a list of integers >= 0, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):  # one seed twice is one run, not two points
+        raise _err("seeds", f"{seeds!r} repeats a seed; list each once")
     branches = bool(data.get("branches", True))
     if "tokens" not in data:
         raise _err("tokens", "missing: budgets: [...], per_param: [...] or isoflop: {flops: ...}")

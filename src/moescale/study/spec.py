@@ -379,6 +379,8 @@ def explicit_runs(items: Any, base: Mapping[str, Any], out_dir: Path) -> list[Ru
                     moe.experts if moe else 0, moe.top_k if moe else 1,
                     moe.granularity if moe else 1)  # fmt: skip
         name = run_name(str(item.get("name", f"run{i}")), config)
+        if twin := [j for j, r in enumerate(out) if r.name == name]:
+            raise _err(f"runs[{i}]", f"the same run (name and config) as runs[{twin[0]}]")
         config = _with(config, {"train.out_dir": str(out_dir / "runs" / name)})
         out.append(Run(name, config, arch.name, arch.variant, -1, cfg.train.tokens))
     return out
