@@ -52,7 +52,7 @@ def test_eval_without_anything_to_evaluate_exits_2(dense_run: Path):
     (["--text", "no/such.txt"], "cannot read --text no/such.txt: No such file"),
     (["--text", "README.md", "--stride", "0"], "--stride 0 must lie between 1 and the run's"),
     (["--text", "README.md", "--device", "tpu"], "--device: 'tpu' is not a device moescale runs"),
-    (["--tasks", "mmlu", "--num-fewshot", "-1"], "error: --num-fewshot -1 must be >= 0"),
+    (["--tasks", "mmlu", "--num-fewshot", "-1"], "--num-fewshot: '-1' must be a whole number >= 0"),
     (["--tasks", "mmlu", "--limit", "inf"], "--limit: 'inf' must be a whole count of items"),
     (["--tasks", "mmlu", "--limit", "1.5"], "--limit: '1.5' must be a whole count of items"),
     (["--text", "README.md", "--threads", "-1"], "--threads: '-1' must be a whole number >= 0"),
@@ -90,12 +90,12 @@ def test_generate_greedy_prints_prompt_and_continuation(loaded):
 
 
 def test_tasks_without_lm_eval_say_how_to_install_it(monkeypatch: pytest.MonkeyPatch):
-    from moescale.commands.eval import _require_lm_eval
     from moescale.errors import UserError
+    from moescale.eval.tasks import require_lm_eval
 
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval -> ImportError
     with pytest.raises(UserError, match=r"pip install 'moescale\[eval\]'"):
-        _require_lm_eval()
+        require_lm_eval("--tasks")
 
 
 def test_eval_tasks_dir_records_the_task(loaded, tmp_path: Path):

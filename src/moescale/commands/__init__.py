@@ -52,13 +52,13 @@ def add_set_flag(parser: argparse.ArgumentParser) -> None:
 def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     """--step, --device, --threads: which checkpoint of a run to load, and where to run it
     (the commands that use a trained run: eval, generate)."""
-    parser.add_argument("--step", type=count, help="checkpoint step (default: newest)")
+    parser.add_argument("--step", type=nonnegative_int, help="checkpoint step (default: newest)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
-    parser.add_argument("--threads", type=count, default=0, metavar="N",
+    parser.add_argument("--threads", type=nonnegative_int, default=0, metavar="N",
                         help="intra-op CPU threads (default 0: from the free cores)")  # fmt: skip
 
 
-def count(text: str) -> int:
+def nonnegative_int(text: str) -> int:
     """An argparse type: a whole number >= 0 (argparse's int takes -1, and eval recorded it)."""
     try:
         value = int(text)

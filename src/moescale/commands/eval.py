@@ -30,7 +30,14 @@ import logging
 import math
 from typing import Any
 
-from moescale.commands import STDOUT, add_checkpoint_flags, add_json_flag, emit_json, logs_to_stderr
+from moescale.commands import (
+    STDOUT,
+    add_checkpoint_flags,
+    add_json_flag,
+    emit_json,
+    logs_to_stderr,
+    nonnegative_int,
+)
 from moescale.errors import UserError
 from moescale.fmt import count, sig
 
@@ -61,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--num-fewshot",
-        type=int,
+        type=nonnegative_int,  # >= 0: a negative count was recorded in eval.json as asked
         default=None,
         metavar="K",
         help="few-shot examples per task (default: the task's own)",
@@ -104,21 +111,12 @@ def _limit(text: str) -> float | int:
     return int(value) if value >= 1 else value
 
 
-def _check_counts(args: argparse.Namespace) -> None:
-    """Refused before the checkpoint is loaded (a negative --num-fewshot was recorded in
-    eval.json as asked)."""
-    if args.num_fewshot is not None and args.num_fewshot < 0:
-        raise UserError(f"--num-fewshot {args.num_fewshot} must be >= 0 (0: zero-shot; leave it "
-                        "out for each task's own).")  # fmt: skip
-
-
 def run(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
     if not (args.text or tasks or args.tasks_dir):
         raise UserError("nothing to evaluate: give --text FILE, --tasks NAMES or --tasks-dir DIR.")
     from moescale.eval.perplexity import check_flags, read_text
 
-    _check_counts(args)
     check_flags(args.stride, args.batch_size)  # before the checkpoint is loaded
     texts = {path: read_text(path) for path in args.text}  # so is every file
     with logs_to_stderr(args.json_out == STDOUT):
@@ -139,7 +137,9 @@ def _evaluate(
     from moescale.train.device import set_threads
 
     if tasks or args.tasks_dir:
-        _require_lm_eval()
+        from moescale.eval.tasks import require_lm_eval
+
+        require_lm_eval("--tasks")
     set_threads(args.threads)
     run = load_run(args.run_dir, args.step, args.device)
     entries: dict[str, dict[str, Any]] = {}
@@ -155,15 +155,6 @@ def _evaluate(
     path = record_eval(run.dir, entries)
     logging.getLogger(__name__).info("eval: %s at step %d -> %s", run.dir, run.step, path)
     return entries
-
-
-def _require_lm_eval() -> None:
-    try:
-        import lm_eval  # noqa: F401
-    except ImportError:
-        raise UserError(
-            "--tasks needs lm-evaluation-harness: pip install 'moescale[eval]' (or lm-eval)."
-        ) from None
 
 
 def _print(entries: dict[str, dict[str, Any]]) -> None:

@@ -203,16 +203,21 @@ def build_mmlu_task(cache_dir: str | Path | None = None) -> Path:
     return directory
 
 
+def require_lm_eval(flag: str) -> None:
+    """A UserError saying how to install lm-eval (an optional dependency) when it is missing."""
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise UserError(f"{flag} needs lm-evaluation-harness: pip install 'moescale[eval]' "
+                        "(or lm-eval), or leave the tasks out.") from None  # fmt: skip
+
+
 def check_task_names(names: Sequence[str], field: str = "eval.tasks") -> None:
     """Before a study trains anything: its task names are ours or lm-eval's (a typo was found
     only once every run had trained)."""
     if not names:
         return
-    try:
-        import lm_eval  # noqa: F401
-    except ImportError:
-        raise UserError(f"{field} needs lm-evaluation-harness: pip install 'moescale[eval]' "
-                        "(or lm-eval), or leave the tasks out.") from None  # fmt: skip
+    require_lm_eval(field)
     theirs = [n for n in names if n not in (CLOZE, MMLU) and not n.startswith("bigbench:")]
     if theirs:
         try:

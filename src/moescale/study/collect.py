@@ -43,10 +43,13 @@ class Collected:
     files: list[Path] = field(default_factory=list)
 
 
+RUN_MARKERS = ("summary.json", "train.log")  # a directory holding either is a run's
+
+
 def run_dirs(root: Path) -> list[Path]:
     """Directories under `root` that hold a run (summary.json or config.yaml + train.log)."""
     found = set()
-    for marker in ("summary.json", "train.log"):
+    for marker in RUN_MARKERS:
         for p in root.rglob(marker):
             if "checkpoints" not in p.parts:
                 found.add(p.parent)
@@ -108,12 +111,12 @@ def collect(root: str | Path, write: bool = True) -> Collected:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"collect: {root} is not a directory")
-    if (root / "summary.json").exists() or (root / "train.log").exists():
+    if any((root / marker).exists() for marker in RUN_MARKERS):
         raise UserError(f"{root} is one run's directory: give the directory that holds the "
                         f"runs (e.g. {root.parent}), or `moescale eval` for one run")  # fmt: skip
     found = run_dirs(root)
     if not found and not (root / MANIFEST).exists():  # a study whose runs all failed early
-        raise UserError(f"{root} holds no run directory (one with summary.json or train.log): "
+        raise UserError(f"{root} holds no run directory (one with {' or '.join(RUN_MARKERS)}): "
                         "give a study directory, or train runs into it first")  # fmt: skip
     manifest = _manifest(root)
     out = Collected([], [])
