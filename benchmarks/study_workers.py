@@ -1,4 +1,6 @@
-"""Study throughput with 1 worker x all cores' threads vs one worker per core x 1 thread.
+"""Study throughput with 1 worker x all cores' threads vs one worker per core x 1 thread, or, on
+a GPU, with 1 run at a time vs several small runs packed on the GPU (`gpuNxT`: N runs per GPU,
+T threads each; executor.gpus 1, train.device cuda).
 
 The same small study (the quickstart's three architectures and sizes at a reduced budget,
 branches on) is trained from scratch under each executor setting, one after the other, in fresh
@@ -7,6 +9,7 @@ study and the ratio to the first setting. This measurement chose the default
 (`executor.workers: 0` = one worker per core, 1 thread each).
 
     python benchmarks/study_workers.py [--json OUT] [--tokens 60000] [--settings 1x2,2x1]
+    python benchmarks/study_workers.py --tokens 500000 --settings gpu1x2,gpu4x2,gpu8x1
 """
 
 from __future__ import annotations
@@ -30,13 +33,16 @@ from moescale.study.driver import run_study  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def spec_for(out: Path, tokens: int, workers: int, threads: int) -> Path:
+def spec_for(out: Path, tokens: int, workers: int, threads: int, gpu: bool) -> Path:
     spec = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     spec = copy.deepcopy(spec)
     spec["out_dir"] = str(out)
     spec["tokens"] = {"budgets": [tokens // 2, tokens]}
     spec.pop("hyper", None)
     spec["executor"] = {"kind": "local", "workers": workers, "threads": threads, "retries": 0}
+    if gpu:
+        spec["base"]["train"]["device"] = "cuda"
+        spec["executor"].update(workers=0, gpus=1, runs_per_gpu=workers)
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -52,18 +58,20 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for setting in args.settings.split(","):
-            workers, threads = (int(x) for x in setting.split("x"))
-            out = Path(tmp) / f"w{workers}t{threads}"
-            spec = spec_for(out, args.tokens, workers, threads)
+            gpu = setting.startswith("gpu")
+            workers, threads = (int(x) for x in setting.removeprefix("gpu").split("x"))
+            out = Path(tmp) / f"{'g' if gpu else 'w'}{workers}t{threads}"
+            spec = spec_for(out, args.tokens, workers, threads, gpu)
             t0 = time.perf_counter()
             outcome = run_study(spec, report=False)
             wall = time.perf_counter() - t0
             tokens = sum(r["tokens"] - r["start_step"] * r["batch_tokens"]
                          for r in outcome.collected.rows)  # fmt: skip
-            rows.append({"workers": workers, "threads": threads, "runs": len(outcome.tasks),
+            rows.append({"setting": setting, "workers": workers, "threads": threads,
+                         "device": "cuda" if gpu else "cpu", "runs": len(outcome.tasks),
                          "wall_s": round(wall, 1), "tokens_per_s": round(tokens / wall)})
     base = rows[0]["tokens_per_s"]
-    head = ("workers x threads", "runs", "wall s", "tokens/s", "ratio")
+    head = ("workers x threads", "runs", "wall s", "tokens/s", "ratio")  # workers: runs per GPU
     print("\n{:>18s} {:>5s} {:>8s} {:>9s} {:>6s}".format(*head))
     for r in rows:
         r["ratio"] = round(r["tokens_per_s"] / base, 3)

@@ -11,6 +11,9 @@ matmul, cached per machine; see moescale.train.device.device_peak_flops).
 
     python benchmarks/train_step.py [--json OUT] [--repeats 5] [--batch 16] [--seq-len 256]
         [--load N] [--threads N]   # N busy processes during the measurement; torch threads
+        [--compile]                # torch.compile each model, as train.compile does
+    python benchmarks/train_step.py --d-model 768 --layers 12 --heads 12 --d-ff 1536 \
+        --vocab 32768 --seq-len 1024 --batch 32 --compile   # the ~125M-active GPU model
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from common import (  # noqa: E402
 from moescale.accounting import count  # noqa: E402
 from moescale.config import ModelConfig, MoEConfig, TrainConfig  # noqa: E402
 from moescale.model import build_model  # noqa: E402
+from moescale.model.experts import exclude_from_compile  # noqa: E402
 from moescale.train.device import autocast_for, device_peak_flops  # noqa: E402
 from moescale.train.optim import build_optimizer  # noqa: E402
 from moescale.train.step import StepOptions, train_step  # noqa: E402
@@ -74,8 +78,13 @@ def make_step(cfg: ModelConfig, args: argparse.Namespace, device: torch.device):
     x = torch.randint(0, cfg.vocab_size, (args.batch, cfg.seq_len), generator=gen).to(device)
     y = torch.randint(0, cfg.vocab_size, (args.batch, cfg.seq_len), generator=gen).to(device)
 
+    forward = None
+    if args.compile:  # as the trainer's train.compile does
+        exclude_from_compile()
+        forward = torch.compile(model, mode=args.compile_mode)
+
     def step() -> None:
-        train_step(model, opt, x, y, opts)
+        train_step(model, opt, x, y, opts, forward=forward)
 
     return step
 
@@ -94,6 +103,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each model")
+    ap.add_argument("--compile-mode", default=None,
+                    help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     add_machine_flags(ap)
     args = ap.parse_args()
@@ -153,6 +165,7 @@ def main() -> None:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "peak_flops": peak.flops,
         "peak_source": peak.source,
+        "compile": args.compile, "compile_mode": args.compile_mode,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
     })  # fmt: skip

@@ -78,14 +78,14 @@ def test_router_bias_balancing_moves_toward_underloaded_experts():
 
 
 def test_torch_compile_matches_eager_across_routings():
-    """The expert compute is excluded from compilation (it would recompile for every routing);
+    """The per-expert loop is excluded from compilation (it would recompile for every routing);
     the compiled model must still agree with eager, forward and backward."""
     from moescale.model import experts
 
     torch.manual_seed(0)
     model = build_model(tiny(experts=4, granularity=2, top_k=1))
     experts.exclude_from_compile()  # what the trainer does before compiling
-    assert experts.expert_forward._moescale_eager
+    assert experts._loop_experts._moescale_eager
     compiled = torch.compile(model)
     for seed in range(3):  # different inputs, different expert counts
         x = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(seed))
@@ -99,3 +99,29 @@ def test_torch_compile_matches_eager_across_routings():
         for p, g in zip(model.parameters(), eager_grads, strict=True):
             torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-6)
         model.zero_grad()
+
+
+def test_grouped_mm_path_compiles_once_for_every_routing():
+    """The grouped_mm path (bf16, as on a GPU) compiles with the model, without recompiling
+    when the routing changes, and agrees with eager up to bf16 rounding."""
+    from torch._dynamo.utils import counters
+
+    from moescale.model import experts
+
+    torch.manual_seed(0)
+    model = build_model(tiny(experts=4, granularity=2, top_k=2, backend="grouped_mm"))
+    experts.exclude_from_compile()
+    compiled = torch.compile(model)
+    for seed in range(3):
+        if seed == 1:
+            graphs = counters["stats"]["unique_graphs"]
+        x = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(seed))
+        grads = []
+        for fwd in (model, compiled):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = fwd(x).logits.float()
+            logits.square().mean().backward()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+            model.zero_grad()
+        assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 0.05
+    assert counters["stats"]["unique_graphs"] == graphs

@@ -11,10 +11,14 @@ skipped. Backends:
 - `reference`: a plain loop over experts with boolean masks. Slow and obviously correct: the
   oracle every other backend is tested against, forward and backward.
 - `grouped`: sort slots by expert once, then one matmul per expert on a contiguous slice (CPU, or
-  a GPU without grouped GEMM) or one `torch._grouped_mm` per projection (CUDA sm80+). The loop
-  is a custom autograd function: it never keeps the (slots x d_model) copy of the input that
-  autograd would save, re-gathers it in backward instead, and keeps each expert's working set in
-  cache. That data movement, not FLOPs, is the cost of fine granularity.
+  a GPU without grouped GEMM), or the `grouped_mm` path on CUDA sm80+. The loop is a custom
+  autograd function: it never keeps the (slots x d_model) copy of the input that autograd would
+  save, re-gathers it in backward instead, and keeps each expert's working set in cache. That
+  data movement, not FLOPs, is the cost of fine granularity.
+- `grouped_mm`: one `torch._grouped_mm` per projection over all slots, with the activation, the
+  routing weights and the un-permutation fused into memory-bound kernels (model/kernels.py:
+  Triton on CUDA, PyTorch elsewhere), no host synchronisation and shapes independent of the
+  routing. On CPU it runs (for tests and comparisons) but the loop is faster.
 
 `expert_forward(..., backend="auto")` picks `grouped`, which is correct everywhere.
 Legend: T tokens, D d_model, X routed experts (E*G), F expert hidden (d_ff/G), H = 2F, K slots per
@@ -27,6 +31,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from moescale.model import kernels
 
 Backend = Callable[..., torch.Tensor]
 silu_backward = torch.ops.aten.silu_backward.grad_input  # grad * d silu(a) / da, into an out=
@@ -48,7 +54,8 @@ def reference_experts(
         x = x_TD[tok]
         gate, up = w13_XDH[e, :, :n_hidden], w13_XDH[e, :, n_hidden:]
         h = F.silu(x @ gate) * (x @ up)
-        y_TD = y_TD.index_add(0, tok, (h @ w2_XFD[e]) * weight_TK[tok, slot, None])
+        out = (h @ w2_XFD[e]) * weight_TK[tok, slot, None]
+        y_TD = y_TD.index_add(0, tok, out.to(y_TD.dtype))  # fp32 weights on bf16 experts
     return y_TD
 
 
@@ -130,12 +137,60 @@ class _LoopExperts(torch.autograd.Function):
         return dx_TD.to(x_TD.dtype), dw_M, dw13, dw2, None, None
 
 
-def _grouped_mm_ok(x: torch.Tensor) -> bool:
-    """torch._grouped_mm runs on CUDA sm80+ (torch >= 2.9) in any float dtype; on CPU it exists
-    but was slower than the loop below in our benchmark, so the CPU takes the loop."""
-    if not (x.is_cuda and hasattr(torch, "_grouped_mm")):
+def _grouped_mm_ok(x: torch.Tensor, n_hidden: int) -> bool:
+    """torch._grouped_mm takes float32/bf16/fp16 with rows aligned to 16 bytes; on CUDA it needs
+    sm80+ (torch >= 2.9)."""
+    size = x.element_size()
+    if not hasattr(torch, "_grouped_mm") or x.dtype not in (torch.float32, torch.bfloat16,
+                                                             torch.float16):  # fmt: skip
         return False
-    return torch.cuda.get_device_capability(x.device) >= (8, 0)
+    if (x.shape[1] * size) % 16 or (n_hidden * size) % 16:
+        return False
+    return not x.is_cuda or torch.cuda.get_device_capability(x.device) >= (8, 0)
+
+
+class _GroupedMMExperts(torch.autograd.Function):
+    """All slots sorted by expert, one grouped GEMM per projection, the memory-bound steps fused
+    (model/kernels.py). No host synchronisation and no shape that depends on the routing: the
+    dropped slots (capacity) sort last, past the last group, where the GEMMs leave their rows
+    unwritten and the kernels skip them. Backward re-gathers the input instead of keeping the
+    (slots x d_model) copy, and recomputes the activation from the saved pre-activations."""
+
+    @staticmethod
+    def forward(ctx, x_TD, weight_TK, w13_XDH, w2_XFD, expert_idx_TK):
+        n_tok, k = expert_idx_TK.shape
+        n_exp = w13_XDH.shape[0]
+        flat_S = expert_idx_TK.reshape(-1)
+        order_S = torch.argsort(flat_S, stable=True)
+        counts = torch.zeros(n_exp + 1, dtype=torch.int32, device=flat_S.device)
+        counts.scatter_add_(0, flat_S, torch.ones_like(flat_S, dtype=torch.int32))
+        offs_X = torch.cumsum(counts[:n_exp], 0, dtype=torch.int32)
+        n_kept = offs_X[-1]
+        pos_S = torch.empty_like(order_S)  # where each slot went in the sorted order
+        pos_S[order_S] = torch.arange(len(order_S), device=order_S.device)
+        inv_TK = torch.where(pos_S < n_kept, pos_S, -1).view(n_tok, k)
+        tok_S = order_S // k
+        w_S = weight_TK.reshape(-1)[order_S].float()
+        ab_SH = torch._grouped_mm(x_TD.index_select(0, tok_S), w13_XDH, offs=offs_X)
+        g_SF = kernels.swiglu_fwd(ab_SH, w_S)
+        out_SD = torch._grouped_mm(g_SF, w2_XFD, offs=offs_X)
+        ctx.save_for_backward(x_TD, w_S, w13_XDH, w2_XFD, ab_SH, order_S, inv_TK, offs_X)
+        ctx.weight_dtype = weight_TK.dtype
+        return kernels.gather_sum(out_SD, inv_TK, x_TD.dtype)
+
+    @staticmethod
+    def backward(ctx, dy_TD):
+        x_TD, w_S, w13_XDH, w2_XFD, ab_SH, order_S, inv_TK, offs_X = ctx.saved_tensors
+        tok_S = order_S // inv_TK.shape[1]
+        dy_SD = dy_TD.to(x_TD.dtype).index_select(0, tok_S)
+        dg_SF = torch._grouped_mm(dy_SD, w2_XFD.transpose(1, 2), offs=offs_X)
+        dab_SH, dw_S, gw_SF = kernels.swiglu_bwd(ab_SH, w_S, dg_SF, offs_X[-1])
+        dw2 = torch._grouped_mm(gw_SF.t(), dy_SD, offs=offs_X)
+        dw13 = torch._grouped_mm(x_TD.index_select(0, tok_S).t(), dab_SH, offs=offs_X)
+        dx_SD = torch._grouped_mm(dab_SH, w13_XDH.transpose(1, 2), offs=offs_X)
+        dx_TD = kernels.gather_sum(dx_SD, inv_TK, x_TD.dtype)
+        dweight = torch.empty_like(w_S).index_copy_(0, order_S, dw_S)
+        return dx_TD, dweight.view(inv_TK.shape).to(ctx.weight_dtype), dw13, dw2, None
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -152,28 +207,40 @@ def grouped_experts(
     weight_TK: torch.Tensor,
     w13_XDH: torch.Tensor,
     w2_XFD: torch.Tensor,
+    backend: str = "grouped",
 ) -> torch.Tensor:
     dtype = _compute_dtype(x_TD)
     with torch.autocast(x_TD.device.type, enabled=False):
         x_TD, w13_XDH, w2_XFD = x_TD.to(dtype), w13_XDH.to(dtype), w2_XFD.to(dtype)
-        n_tok, k = expert_idx_TK.shape
-        n_experts, n_hidden = w13_XDH.shape[0], w2_XFD.shape[1]
-        order_M, tok_M, counts_X = _sort_slots(expert_idx_TK, n_experts)
-        w_M = weight_TK.reshape(-1)[order_M].to(dtype)
-        if not _grouped_mm_ok(x_TD):
-            return _LoopExperts.apply(x_TD, w_M, w13_XDH, w2_XFD, tok_M, counts_X.tolist())
-        offs_X = torch.cumsum(counts_X, 0).to(torch.int32)
-        ab_MH = torch._grouped_mm(x_TD[tok_M], w13_XDH, offs=offs_X)
-        g_MF = F.silu(ab_MH[:, :n_hidden]) * ab_MH[:, n_hidden:] * w_M[:, None]
-        out_MD = torch._grouped_mm(g_MF, w2_XFD, offs=offs_X)
-        # Back to slot order, then sum each token's K slots: no atomics (index_add_ would be
-        # non-deterministic on CUDA), accumulation in float32. Dropped slots stay zero.
-        out_SD = out_MD.new_zeros(n_tok * k, out_MD.shape[1]).index_copy(0, order_M, out_MD)
-        acc = accumulate_dtype(dtype)
-        return out_SD.view(n_tok, k, out_SD.shape[-1]).sum(1, dtype=acc).to(dtype)
+        n_hidden = w2_XFD.shape[1]
+        # traced, torch._grouped_mm takes bf16 only (its meta function): other dtypes loop
+        traceable = dtype == torch.bfloat16 or not torch.compiler.is_compiling()
+        if backend == "grouped_mm" and traceable and not _grouped_mm_ok(x_TD, n_hidden):
+            raise ValueError(
+                f"backend grouped_mm needs float32/bf16/fp16 rows of 16-byte multiples "
+                f"(d_model {x_TD.shape[1]}, expert hidden {n_hidden}, {dtype}); use grouped"
+            )
+        on_gpu = x_TD.is_cuda and _grouped_mm_ok(x_TD, n_hidden)
+        if traceable and (backend == "grouped_mm" or on_gpu):
+            return _GroupedMMExperts.apply(x_TD, weight_TK, w13_XDH, w2_XFD, expert_idx_TK)
+        return _loop_experts(x_TD, expert_idx_TK, weight_TK.to(dtype), w13_XDH, w2_XFD)
 
 
-BACKENDS: dict[str, Backend] = {"reference": reference_experts, "grouped": grouped_experts}
+def _loop_experts(x_TD, expert_idx_TK, weight_TK, w13_XDH, w2_XFD) -> torch.Tensor:
+    order_M, tok_M, counts_X = _sort_slots(expert_idx_TK, w13_XDH.shape[0])
+    w_M = weight_TK.reshape(-1)[order_M]
+    return _LoopExperts.apply(x_TD, w_M, w13_XDH, w2_XFD, tok_M, counts_X.tolist())
+
+
+def grouped_mm_experts(*args: torch.Tensor) -> torch.Tensor:
+    return grouped_experts(*args, backend="grouped_mm")
+
+
+BACKENDS: dict[str, Backend] = {
+    "reference": reference_experts,
+    "grouped": grouped_experts,
+    "grouped_mm": grouped_mm_experts,
+}
 
 
 def expert_forward(
@@ -189,14 +256,17 @@ def expert_forward(
 
 
 def exclude_from_compile() -> None:
-    """Before `torch.compile` of a model: run the expert compute eagerly. Compiled, it would
-    specialise on every routing's token counts and recompile without end (it is a few large
-    matmuls; the rest of the model compiles). Not a decorator: `torch.compiler.disable` imports
-    torch._dynamo, about a second of start-up that every run of a study would pay."""
-    global expert_forward
+    """Before `torch.compile` of a model: run the per-expert loop and the reference eagerly.
+    Compiled, they would specialise on every routing's token counts and recompile without end.
+    The grouped_mm path compiles with the rest of the model: its shapes do not depend on the
+    routing and it never synchronises with the host, so one graph (and CUDA graphs) serves every
+    step. Not a decorator: `torch.compiler.disable` imports torch._dynamo, about a second of
+    start-up that every run of a study would pay."""
+    global _loop_experts, reference_experts
     from moescale.model import parallel  # its token exchange too: the split sizes are data
 
-    if not getattr(expert_forward, "_moescale_eager", False):
-        expert_forward = torch.compiler.disable(expert_forward)
-        expert_forward._moescale_eager = True  # type: ignore[attr-defined]
+    if not getattr(_loop_experts, "_moescale_eager", False):
+        _loop_experts = torch.compiler.disable(_loop_experts)
+        _loop_experts._moescale_eager = True  # type: ignore[attr-defined]
+        reference_experts = BACKENDS["reference"] = torch.compiler.disable(reference_experts)
         parallel.expert_parallel_forward = torch.compiler.disable(parallel.expert_parallel_forward)

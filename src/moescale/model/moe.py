@@ -43,6 +43,15 @@ def load_imbalance(tokens_per_expert_X: torch.Tensor) -> float:
     return float(c.max() / c.mean().clamp_min(1e-9))
 
 
+def expert_counts(expert_idx_TK: torch.Tensor, n_exp: int) -> torch.Tensor:
+    """Slots per expert. Not `bincount`, which synchronises with the host on CUDA (it sizes its
+    output by the largest index) and breaks a compiled graph."""
+    flat = expert_idx_TK.reshape(-1)
+    return torch.zeros(n_exp, dtype=torch.long, device=flat.device).scatter_add_(
+        0, flat, torch.ones_like(flat)
+    )
+
+
 @dataclass
 class Routing:
     expert_idx_TK: torch.Tensor  # dropped slots carry index X
@@ -87,7 +96,7 @@ def route(
     if cfg.renormalizes and cfg.router != "softmax_after_topk":
         weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True)
 
-    counts_X = torch.bincount(expert_idx_TK.reshape(-1), minlength=n_exp)
+    counts_X = expert_counts(expert_idx_TK, n_exp)
     balance_X = counts_X if prior_counts_X is None else counts_X + prior_counts_X
     f_X = balance_X.float() / balance_X.sum().clamp_min(1)
     aux_loss = n_exp * (f_X * probs_TX.mean(0)).sum()
