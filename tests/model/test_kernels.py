@@ -87,3 +87,25 @@ def test_grouped_mm_backend_with_triton_kernels_matches_reference(monkeypatch, G
     for name, a, b in zip(["x", "weights", "w13", "w2"], g, g_ref, strict=True):
         assert rel_err(a, b) < 1e-5, name
     assert torch.all(g[1][idx == n_exp] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,v", [(6, 50), (3, 5000)])
+def test_cross_entropy_loss_and_gradient_match_torch(dtype, n, v):
+    gen = torch.Generator().manual_seed(v)
+    logits = (torch.randn(n, v, generator=gen) * 4).to(DEVICE, dtype)
+    targets = torch.randint(0, v, (n,), generator=gen)
+    targets[1] = -100  # ignored: no loss, no gradient, not counted in the mean
+    targets = targets.to(DEVICE)
+    grads = []
+    for fn in (triton_kernels.cross_entropy, torch.nn.functional.cross_entropy):
+        x = logits.detach().clone().requires_grad_()
+        loss = fn(x if fn is triton_kernels.cross_entropy else x.float(), targets)
+        (loss * 3).backward()
+        grads.append((loss.detach(), x.grad))
+    (loss, grad), (loss_ref, grad_ref) = grads
+    assert loss.dtype == torch.float32 and abs(float(loss - loss_ref)) < 1e-5 * float(loss_ref)
+    assert grad.dtype == dtype and torch.all(grad[1] == 0)
+    assert rel_err(grad, grad_ref) < (1e-5 if dtype == torch.float32 else 1e-2)
+    with torch.no_grad():  # evaluation: the loss only
+        assert abs(float(triton_kernels.cross_entropy(logits, targets) - loss_ref)) < 1e-4

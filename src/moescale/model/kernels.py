@@ -9,6 +9,9 @@ costs (docs/speed.md).
   forward for the outputs and backward for the input gradients.
 - `swiglu_fwd`: g = silu(a) * b * w for the packed [a | b] pre-activations of each slot and its
   routing weight w: the activation and the routing weight in one pass.
+- `cross_entropy`: the mean next-token loss from (tokens x vocab) logits, its gradient written in
+  the same pass (where the vocabulary dominates a small model's step, the float32 copies and
+  softmax passes of F.cross_entropy cost as much as its matmuls).
 - `swiglu_bwd`: from dg, the gradients of a and b (packed like the input), of w (a row sum), and
   g * w again for the down-projection's weight gradient, written over dg (one pass, no
   saved activation).
@@ -18,24 +21,22 @@ Legend: S slots (tokens x slots per token, sorted by expert), F expert hidden, D
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 
 import torch
 import torch.nn.functional as F
 
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
-@functools.cache
+
 def _triton():
-    """The Triton kernels module, or None where Triton is not installed."""
-    try:
-        from moescale.model import triton_kernels
-    except ImportError:
-        return None
+    from moescale.model import triton_kernels  # imports Triton (a second) only when used
+
     return triton_kernels
 
 
 def use_triton(t: torch.Tensor) -> bool:
-    return t.is_cuda and _triton() is not None
+    return HAVE_TRITON and t.is_cuda
 
 
 def gather_sum_torch(src_SD: torch.Tensor, inv_TK: torch.Tensor, out_dtype: torch.dtype):
@@ -85,3 +86,10 @@ def swiglu_bwd(ab_SH, w_S, dg_SF, n_kept):
     if use_triton(ab_SH):
         return _triton().swiglu_bwd(ab_SH, w_S, dg_SF, n_kept)
     return swiglu_bwd_torch(ab_SH, w_S, dg_SF, n_kept)
+
+
+def cross_entropy(logits_NV: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy in float32 arithmetic whatever the logits' dtype (-100: ignored)."""
+    if use_triton(logits_NV):
+        return _triton().cross_entropy(logits_NV, targets_N)
+    return F.cross_entropy(logits_NV.float(), targets_N)

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from moescale.config import ModelConfig
+from moescale.model import kernels
 from moescale.model.moe import MoEFFN, MoEStats, SwiGLU
 
 
@@ -150,4 +151,4 @@ def build_model(cfg: ModelConfig) -> Transformer:
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy in float32."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return kernels.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))

@@ -110,3 +110,61 @@ def swiglu_bwd(ab_SH, w_S, dg_SF, n_kept):
     _swiglu_bwd_kernel[(n_slots,)](ab_SH, w_S, dg_SF, dab_SH, dw_S, kept, f, BLOCK_F=block,
                                    num_warps=_warps(block))  # fmt: skip
     return dab_SH, dw_S, dg_SF
+
+
+@triton.jit
+def _cross_entropy_kernel(logits_ptr, targets_ptr, loss_ptr, grad_ptr, V, IGNORE: tl.constexpr,
+                          WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    base = logits_ptr + row * V
+    m_vec = tl.full([BLOCK_V], -1e30, dtype=tl.float32)  # finite: exp(m - m_new) never 0/0
+    s_vec = tl.zeros([BLOCK_V], dtype=tl.float32)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        x = tl.load(base + cols, mask=cols < V, other=-float("inf")).to(tl.float32)
+        m_new = tl.maximum(m_vec, x)
+        s_vec = s_vec * tl.exp(m_vec - m_new) + tl.exp(x - m_new)
+        m_vec = m_new
+    m = tl.max(m_vec, axis=0)
+    lse = m + tl.log(tl.sum(s_vec * tl.exp(m_vec - m), axis=0))
+    target = tl.load(targets_ptr + row).to(tl.int64)
+    valid = target != IGNORE
+    x_t = tl.load(base + tl.where(valid, target, 0)).to(tl.float32)
+    tl.store(loss_ptr + row, tl.where(valid, lse - x_t, 0.0))
+    if WRITE_GRAD:  # softmax - one_hot(target), scaled in backward
+        for v0 in range(0, V, BLOCK_V):
+            cols = v0 + tl.arange(0, BLOCK_V)
+            x = tl.load(base + cols, mask=cols < V, other=0.0).to(tl.float32)
+            g = tl.exp(x - lse) - tl.where(cols == target, 1.0, 0.0)
+            g = tl.where(valid, g, 0.0)
+            tl.store(grad_ptr + row * V + cols, g.to(grad_ptr.dtype.element_ty), mask=cols < V)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy whose forward also writes the gradient (softmax - one-hot, in the
+    logits' dtype): one read of the logits for the loss and one for the gradient, against
+    F.cross_entropy's float32 copy, softmax and backward passes over (tokens x vocab)."""
+
+    @staticmethod
+    def forward(ctx, logits_NV, targets_N, ignore_index):
+        logits_NV, targets_N = logits_NV.contiguous(), targets_N.contiguous()
+        n, v = logits_NV.shape
+        loss_N = logits_NV.new_empty(n, dtype=torch.float32)
+        grad = logits_NV.requires_grad
+        grad_NV = torch.empty_like(logits_NV) if grad else loss_N
+        block = _block(v, 4096)
+        _cross_entropy_kernel[(n,)](logits_NV, targets_N, loss_N, grad_NV, v, IGNORE=ignore_index,
+                                    WRITE_GRAD=grad, BLOCK_V=block, num_warps=8)  # fmt: skip
+        n_valid = (targets_N != ignore_index).sum().clamp_min(1)
+        if grad:
+            ctx.save_for_backward(grad_NV, n_valid)
+        return loss_N.sum() / n_valid
+
+    @staticmethod
+    def backward(ctx, dloss):
+        grad_NV, n_valid = ctx.saved_tensors
+        return grad_NV.mul_((dloss / n_valid).to(grad_NV.dtype)), None, None
+
+
+def cross_entropy(logits_NV: torch.Tensor, targets_N: torch.Tensor, ignore_index: int = -100):
+    return _CrossEntropy.apply(logits_NV, targets_N, ignore_index)
