@@ -7,6 +7,9 @@ ratios are meaningful even on a noisy machine. Peers:
   weights, using the experts implementation a model would pick by default, and the fastest of
   the ones it offers here (`eager`, `batched_mm`, `grouped_mm`). Qwen3's router (softmax, top-k,
   renormalise) equals softmax_after_topk, so the outputs are checked to agree.
+- `torchtitan`: torchtitan's own MoE layer (router, local token dispatcher, GroupedExperts on
+  torch._grouped_mm) with the same weights, where torchtitan imports (the GPU machine gets it
+  as wheels: benchmarks/gpu_wheels.sh). Its experts always compute in bf16, whatever --dtype.
 - `dense`: a SwiGLU FFN of hidden k*d_ff: the same active FLOPs, the practical speed limit.
 
     python benchmarks/moe_layer.py [--json OUT] [--granularity 1 2 4 8] [--repeats 5]
@@ -18,11 +21,14 @@ ratios are meaningful even on a noisy machine. Peers:
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import os
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -69,6 +75,93 @@ def hf_block(layer: MoEFFN, d_model: int, d_ff: int, impl: str):
         # expert_init); folded into the down-projection the two blocks compute the same
         block.experts.down_proj.copy_(layer.w2_XFD.transpose(1, 2) * layer.out_scale)
     return block
+
+
+@functools.cache
+def titan_api() -> dict | None:
+    """torchtitan's MoE classes, or None (the reason printed once) where it does not import."""
+    try:
+        from torchtitan.models.common.linear import Linear
+        from torchtitan.models.common.moe import (
+            GroupedExperts,
+            MoE,
+            RoutedExperts,
+            TokenChoiceTopKRouter,
+        )
+        from torchtitan.models.common.token_dispatcher import LocalTokenDispatcher
+    except ImportError as exc:
+        print(f"    (torchtitan left out: {exc}; benchmarks/gpu_wheels.sh fetches it)")
+        return None
+    # its router asks for a float32 autocast around the gate, which CPU autocast refuses with
+    # a warning and skips: the gate then runs in the weights' dtype, float32 here
+    warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype")
+    return dict(
+        Linear=Linear,
+        GroupedExperts=GroupedExperts,
+        MoE=MoE,
+        RoutedExperts=RoutedExperts,
+        Router=TokenChoiceTopKRouter,
+        Dispatcher=LocalTokenDispatcher,
+    )
+
+
+def titan_block(layer: MoEFFN, d_model: int, d_ff: int):
+    """torchtitan's MoE layer holding `layer`'s weights (input (B, L, D)), or None.
+
+    Its router (softmax over all experts, top-k, renormalised) equals softmax_after_topk, and
+    its route_scale multiplies the kept weights as our out_scale does. GroupedExperts keeps
+    w1 and w3 as (E, F, D) and w2 as (E, D, F), nn.Linear's (out, in) per expert."""
+    api = titan_api()
+    if api is None:
+        return None
+    cfg = layer.cfg
+    n_exp, k, hid = cfg.routed_experts, cfg.active_experts, cfg.expert_hidden(d_ff)
+    config = api["MoE"].Config(
+        num_experts=n_exp,
+        routed_experts=api["RoutedExperts"].Config(
+            inner_experts=api["GroupedExperts"].Config(
+                dim=d_model, hidden_dim=hid, num_experts=n_exp
+            ),
+            token_dispatcher=api["Dispatcher"].Config(num_experts=n_exp, top_k=k),
+        ),
+        router=api["Router"].Config(
+            num_experts=n_exp,
+            gate=api["Linear"].Config(in_features=d_model, out_features=n_exp),
+            top_k=k,
+            score_func="softmax",
+            route_norm=True,
+            route_scale=layer.out_scale,
+        ),
+        load_balance_coeff=None,  # no expert bias: ours is zero and only steers selection
+    )
+    block = config.build().to(layer.w13_XDH.device)
+    experts = block.routed_experts.inner_experts
+    with torch.no_grad():
+        block.router.gate.weight.copy_(layer.router.weight)
+        experts.w1_EFD.copy_(layer.w13_XDH[..., :hid].transpose(1, 2))  # gate
+        experts.w3_EFD.copy_(layer.w13_XDH[..., hid:].transpose(1, 2))  # up
+        experts.w2_EDF.copy_(layer.w2_XFD.transpose(1, 2))
+    return block
+
+
+def titan_check(layer: MoEFFN, d_model: int, d_ff: int, x: torch.Tensor) -> str | None:
+    """Why torchtitan's layer cannot run here (its grouped GEMM may be missing on a device), or
+    None once its output agrees with ours. Compared on float32 copies whatever --dtype, so that
+    both routers see the same float32 logits (in bf16 near-ties would pick other experts);
+    its experts still compute in bf16, hence the bf16-sized tolerance."""
+    ours = copy.deepcopy(layer).float()
+    theirs = titan_block(ours, d_model, d_ff)
+    xs = x.detach()[:4096].float()
+    with torch.no_grad():
+        want = ours(xs)[0]
+        try:
+            got = theirs(xs[None])[0]
+        except (RuntimeError, NotImplementedError) as exc:
+            return str(exc).splitlines()[0][:90]
+    err = float((want - got).abs().max() / want.abs().max())
+    if not err <= 2e-2:
+        raise SystemExit(f"torchtitan's layer disagrees with ours: rel err {err}")
+    return None
 
 
 def hf_default_impl() -> str | None:
@@ -191,6 +284,87 @@ def main() -> None:
         print(f"wrote {args.json}")
 
 
+def peer_fns(args: argparse.Namespace, layer: MoEFFN, x, dy) -> dict:
+    """One fwd+bwd step per implementation, on the same inputs; the peers that hold our
+    weights are checked to compute our output first."""
+    dtype, device, g = layer.w13_XDH.dtype, layer.w13_XDH.device, layer.cfg.granularity
+    d, ff, k = args.d_model, args.d_ff, args.top_k
+    fns = {"grouped": step_fn(layer, x, dy)}
+    if not args.no_reference:
+        ref = MoEFFN(d, ff, MoEConfig(**{**layer.cfg.__dict__, "backend": "reference"}))
+        ref.load_state_dict(layer.state_dict())
+        fns["reference"] = step_fn(ref.to(device=device, dtype=dtype), x, dy)
+    blocks = {}
+    for impl in HF_IMPLS:
+        if impl == "batched_mm" and (skip := batched_mm_too_big(args, dtype)):
+            print(f"    (hf_batched_mm left out: {skip})")
+            continue
+        block = hf_block(layer, d, ff, impl)
+        if block is not None:
+            block = block.to(device=device, dtype=dtype)
+            blocks[impl] = block
+            fns[f"hf_{impl}"] = step_fn(block, x, dy, add_batch_dim=True)
+    if blocks and dtype == torch.float32:  # same routing and weights: outputs must agree
+        # (in bf16, HF's bf16 router logits pick other experts on near-ties; not comparable)
+        with torch.no_grad():
+            ours = layer(x)[0].float()
+            theirs = blocks["eager"](x[None])[0].float()
+        err = float((ours - theirs).abs().max() / ours.abs().max())
+        if err > 1e-4:
+            raise SystemExit(f"transformers block disagrees with ours at G={g}: rel err {err}")
+    if (titan := titan_block(layer, d, ff)) is not None:
+        if skip := titan_check(layer, d, ff, x):
+            print(f"    (torchtitan left out: {skip})")
+        else:
+            titan = titan.to(device=device, dtype=dtype)
+            fns["torchtitan"] = step_fn(titan, x, dy, add_batch_dim=True)
+    fns["dense"] = step_fn(SwiGLU(d, k * ff).to(device=device, dtype=dtype), x, dy)
+    return fns
+
+
+def timing_rows(g: int, rounds: dict, default_impl: str | None, args) -> list[dict]:
+    """The rows of one granularity, printed as they are made; hf_fastest and hf_default
+    repeat the rounds of the transformers implementation they name."""
+    notes = {"torchtitan": "experts in bf16"} if args.dtype == "fp32" else {}
+    hf = {name[3:]: t for name, t in rounds.items() if name.startswith("hf_")}
+    if hf:
+        fastest = min(hf, key=lambda impl: statistics.median(hf[impl]))
+        rounds["hf_fastest"] = hf[fastest]
+        notes["hf_fastest"] = fastest
+        if default_impl in hf:
+            rounds["hf_default"] = hf[default_impl]
+            notes["hf_default"] = default_impl
+    ms = {name: statistics.median(t) for name, t in rounds.items()}
+    order = ["grouped", "reference", "hf_default", "hf_fastest", "torchtitan", "dense"]
+    rows = []
+    for name in order + sorted(k_ for k_ in ms if k_.startswith("hf_") and k_ not in order):
+        if name not in ms:
+            continue
+        row = {
+            "impl": name,
+            "granularity": g,
+            "ms": round(ms[name], 3),
+            "ms_all": [round(t, 3) for t in rounds[name]],
+            "d_model": args.d_model,
+            "d_ff": args.d_ff,
+            "experts": args.experts,
+            "top_k": args.top_k,
+            "tokens": args.tokens,
+            "dtype": args.dtype,
+            "device": args.device,
+        }
+        if name.startswith("hf_") and name in notes:
+            row["hf_impl"] = notes[name]
+        if name == "torchtitan":
+            row["experts_dtype"] = "bf16"  # GroupedExperts casts to bf16 whatever the weights
+        rows.append(row)
+        print(
+            f"{g:>3} {name:<12} {ms[name]:>9.1f} {ms[name] / ms['grouped']:>10.2f}x  "
+            f"{notes.get(name, '')}"
+        )
+    return rows
+
+
 def run_all(args: argparse.Namespace) -> tuple[list[dict], str | None]:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     device = torch.device(args.device)
@@ -213,69 +387,12 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict], str | None]:
         layer = layer.to(device=device, dtype=dtype)
         x = torch.randn(args.tokens, d, device=device, dtype=dtype, requires_grad=True)
         dy = torch.randn(args.tokens, d, device=device, dtype=dtype)
-        fns, notes = {}, {}
-        fns["grouped"] = step_fn(layer, x, dy)
-        if not args.no_reference:
-            ref = MoEFFN(d, ff, MoEConfig(**{**cfg.__dict__, "backend": "reference"}))
-            ref.load_state_dict(layer.state_dict())
-            fns["reference"] = step_fn(ref.to(device=device, dtype=dtype), x, dy)
-        blocks = {}
-        for impl in HF_IMPLS:
-            if impl == "batched_mm" and (skip := batched_mm_too_big(args, dtype)):
-                print(f"    (hf_batched_mm left out: {skip})")
-                continue
-            block = hf_block(layer, d, ff, impl)
-            if block is not None:
-                block = block.to(device=device, dtype=dtype)
-                blocks[impl] = block
-                fns[f"hf_{impl}"] = step_fn(block, x, dy, add_batch_dim=True)
-        dense = SwiGLU(d, k * ff).to(device=device, dtype=dtype)
-        fns["dense"] = step_fn(dense, x, dy)
-        if blocks and dtype == torch.float32:  # same routing and weights: outputs must agree
-            # (in bf16, HF's bf16 router logits pick other experts on near-ties; not comparable)
-            with torch.no_grad():
-                ours = layer(x)[0].float()
-                theirs = blocks["eager"](x[None])[0].float()
-            err = float((ours - theirs).abs().max() / ours.abs().max())
-            if err > 1e-4:
-                raise SystemExit(f"transformers block disagrees with ours at G={g}: rel err {err}")
-        rounds = measure(fns, args.repeats, args.device)
-        hf = {name[3:]: t for name, t in rounds.items() if name.startswith("hf_")}
-        if hf:
-            fastest = min(hf, key=lambda impl: statistics.median(hf[impl]))
-            rounds["hf_fastest"] = hf[fastest]
-            notes["hf_fastest"] = fastest
-            if default_impl in hf:
-                rounds["hf_default"] = hf[default_impl]
-                notes["hf_default"] = default_impl
-        ms = {name: statistics.median(t) for name, t in rounds.items()}
-        order = ["grouped", "reference", "hf_default", "hf_fastest", "dense"]
-        for name in order + sorted(k_ for k_ in ms if k_.startswith("hf_") and k_ not in order):
-            if name not in ms:
-                continue
-            row = {
-                "impl": name,
-                "granularity": g,
-                "ms": round(ms[name], 3),
-                "ms_all": [round(t, 3) for t in rounds[name]],
-                "d_model": d,
-                "d_ff": ff,
-                "experts": args.experts,
-                "top_k": k,
-                "tokens": args.tokens,
-                "dtype": args.dtype,
-                "device": args.device,
-            }
-            if name in notes:
-                row["hf_impl"] = notes[name]
-            rows.append(row)
-            print(
-                f"{g:>3} {name:<12} {ms[name]:>9.1f} {ms[name] / ms['grouped']:>10.2f}x  "
-                f"{notes.get(name, '')}"
-            )
+        rounds = measure(peer_fns(args, layer, x, dy), args.repeats, args.device)
+        rows += timing_rows(g, rounds, default_impl, args)
+        ms_grouped = statistics.median(rounds["grouped"])
         flops = 3 * 2 * args.tokens * k * 3 * d * ff  # expert matmuls, fwd + bwd
         if args.device.startswith("cuda"):
-            tf = flops / (ms["grouped"] * 1e-3) / 1e12
+            tf = flops / (ms_grouped * 1e-3) / 1e12
             peak = matmul_tflops(args.tokens, d, 3 * k * ff, device, dtype, args.repeats)
             rows.append(
                 {
@@ -302,7 +419,7 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> list[dict]:
     for g in args.granularity:
         by = {r["impl"]: r["ms_all"] for r in rows if r["granularity"] == g and "ms_all" in r}
         parts = [f"G={g}:"]
-        for peer in ("hf_default", "hf_fastest", "hf_eager", "dense"):
+        for peer in ("hf_default", "hf_fastest", "hf_eager", "torchtitan", "dense"):
             if peer in by:
                 ratio = paired_ratio(by[peer], by["grouped"])
                 out.append({"impl": "ratio", "granularity": g, "of": f"{peer}/grouped", **ratio})
