@@ -259,9 +259,9 @@ def exclude_from_compile() -> None:
     """Before `torch.compile` of a model: run the per-expert loop and the reference eagerly.
     Compiled, they would specialise on every routing's token counts and recompile without end.
     The grouped_mm path compiles with the rest of the model: its shapes do not depend on the
-    routing and it never synchronises with the host, so one graph (and CUDA graphs) serves every
-    step. Not a decorator: `torch.compiler.disable` imports torch._dynamo, about a second of
-    start-up that every run of a study would pay."""
+    routing and it never synchronises with the host, so one graph serves every step. Not a
+    decorator: `torch.compiler.disable` imports torch._dynamo, about a second of start-up that
+    every run of a study would pay."""
     global _loop_experts, reference_experts
     from moescale.model import parallel  # its token exchange too: the split sizes are data
 
