@@ -40,6 +40,39 @@ def test_gpu_slots_pack_runs_per_gpu():
     assert [ex.env(s)["CUDA_VISIBLE_DEVICES"] for s in range(6)] == ["0", "1"] * 3
 
 
+def test_gpus_zero_on_cuda_takes_every_visible_gpu_and_one_run_per_core(monkeypatch):
+    """A scheduler's allocation (GPUs 2 and 3) is kept: slots map to those GPUs, not to 0, 1."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    monkeypatch.setattr(executors, "cores", lambda: 16)
+    cfg = ExecutorConfig()
+    executors.fill_gpus(cfg, runs_per_gpu_set=False)
+    assert (cfg.gpus, cfg.runs_per_gpu) == (2, 8)
+    ex = LocalExecutor(cfg)
+    assert ex.workers == 16 and ex.threads == 1
+    assert [ex.env(s)["CUDA_VISIBLE_DEVICES"] for s in range(4)] == ["2", "3", "2", "3"]
+    kept = ExecutorConfig(runs_per_gpu=1)
+    executors.fill_gpus(kept, runs_per_gpu_set=True)  # runs that fill a GPU
+    assert (kept.gpus, kept.runs_per_gpu) == (2, 1)
+    explicit = ExecutorConfig(gpus=1, runs_per_gpu=3)
+    executors.fill_gpus(explicit, runs_per_gpu_set=True)
+    assert (explicit.gpus, explicit.runs_per_gpu) == (1, 3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: the CPU plan stays
+    none = ExecutorConfig()
+    executors.fill_gpus(none, runs_per_gpu_set=False)
+    assert none.gpus == 0
+
+
+def test_only_runs_on_cuda_are_spread_over_gpus(monkeypatch):
+    import torch
+
+    from moescale.study.driver import _on_cuda
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _on_cuda({"train": {"device": "cuda"}}) and _on_cuda({})  # auto, with a GPU
+    assert not _on_cuda({"train": {"device": "cpu"}})
+    assert not _on_cuda({"train": {"device": "cuda:1"}})  # names its GPU itself
+
+
 def test_bad_executor_keys():
     with pytest.raises(ConfigError, match="unknown keys"):
         ExecutorConfig.from_dict({"worker": 2})

@@ -33,7 +33,13 @@ from moescale.errors import ConfigError, UserError
 from moescale.fmt import duration, human
 from moescale.study.calibrate import calibrate, makespan
 from moescale.study.collect import Collected, collect
-from moescale.study.executors import ExecutorConfig, LocalExecutor, execute, plan_workers
+from moescale.study.executors import (
+    ExecutorConfig,
+    LocalExecutor,
+    execute,
+    fill_gpus,
+    plan_workers,
+)
 from moescale.study.spec import Study, load_study
 from moescale.study.tasks import DONE, FAILED, SKIPPED, Task, rebase_branch
 
@@ -98,7 +104,18 @@ def executor_config(study: Study, workers: int | None, retries: int | None) -> E
             raise UserError(f"--{key}: got {value}, expected an integer >= 0 (0: {zero}), as "
                             f"executor.{key} in a study file") from None  # fmt: skip
         setattr(cfg, key, value)
+    if all(_on_cuda(r.config) for r in study.runs):
+        fill_gpus(cfg, "runs_per_gpu" in study.executor)
     return cfg
+
+
+def _on_cuda(config: dict[str, Any]) -> bool:
+    device = str(config.get("train", {}).get("device", "auto"))
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device == "cuda"  # cuda:N names its GPU itself: not remapped
 
 
 def write_plan(study: Study, spec_text: str) -> list[Task]:

@@ -52,8 +52,8 @@ class ExecutorConfig:
     workers: int = 0  # 0: the default (one per core on CPU, see benchmarks/study_workers.py)
     threads: int = 0  # threads per run; 0: cores // workers
     retries: int = 1  # extra attempts for a failed run
-    gpus: int = 0  # GPUs to pack runs on (0: none, or all visible when train.device is cuda)
-    runs_per_gpu: int = 1
+    gpus: int = 0  # GPUs to pack runs on (0: none, or all visible when the runs train on cuda)
+    runs_per_gpu: int = 1  # with gpus 0 and runs on cuda, unset: one run per core over the GPUs
     slurm: dict[str, Any] = field(default_factory=dict)  # partition, gpus_per_node, timeout_min
 
     @classmethod
@@ -103,18 +103,47 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, named as CUDA_VISIBLE_DEVICES names them: its own value
+    where set (a scheduler's allocation, kept), else every GPU torch sees."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def fill_gpus(cfg: ExecutorConfig, runs_per_gpu_set: bool) -> None:
+    """`gpus: 0` for runs that train on CUDA: every visible GPU, and (unless set) one run per
+    CPU core spread over them. Small runs are launch-bound, so a GPU serves several at once
+    (one H100 ran the quickstart's 57 runs 16 at a time in 95 s, README); runs that fill a GPU
+    want `runs_per_gpu: 1`. Without this every run would take the first GPU."""
+    gpus = visible_gpus()
+    if cfg.kind != "local" or cfg.gpus or not gpus:
+        return
+    cfg.gpus = len(gpus)
+    if not runs_per_gpu_set:
+        cfg.runs_per_gpu = max(1, cores() // cfg.gpus)
+    logger.info("executor: %d GPU(s), %d runs per GPU (executor.gpus, executor.runs_per_gpu)",
+                cfg.gpus, cfg.runs_per_gpu)  # fmt: skip
+
+
 class LocalExecutor:
     def __init__(self, cfg: ExecutorConfig) -> None:
         self.cfg = cfg
         self.workers, self.threads = plan_workers(cfg)
         self.procs: dict[str, tuple[subprocess.Popen, int]] = {}
+        names = visible_gpus() if cfg.gpus else []
+        # slot -> GPU, through the parent's CUDA_VISIBLE_DEVICES (GPUs 2,3 of a node stay 2,3)
+        self.gpu_names = names if len(names) >= cfg.gpus else [str(i) for i in range(cfg.gpus)]
 
     def env(self, slot: int) -> dict[str, str]:
         env = dict(os.environ)
         env.update(MOESCALE_WORKERS=str(self.workers), OMP_NUM_THREADS=str(self.threads),
                    MKL_NUM_THREADS=str(self.threads), PYTHONUNBUFFERED="1")  # fmt: skip
         if self.cfg.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot % self.cfg.gpus)
+            env["CUDA_VISIBLE_DEVICES"] = self.gpu_names[slot % self.cfg.gpus]
         return env
 
     def start(self, task: Task, slot: int) -> None:
