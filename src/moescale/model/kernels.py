@@ -2,19 +2,19 @@
 the CPU path) and, on CUDA with Triton installed, as one fused Triton kernel
 (model/triton_kernels.py): with E*G experts every token is copied k*G times, so at fine
 granularity these passes over (slots x width) tensors, not the matmuls, are what fine granularity
-costs (docs/speed.md).
+costs (README, Measured speed).
 
 - `gather_sum`: out[t] = sum_k src[inv[t, k]] in float32 (inv < 0: a dropped slot, skipped). It
   undoes the sort by expert and sums a token's slots in one pass, deterministically (no atomics),
   forward for the outputs and backward for the input gradients.
 - `swiglu_fwd`: g = silu(a) * b * w for the packed [a | b] pre-activations of each slot and its
   routing weight w: the activation and the routing weight in one pass.
-- `cross_entropy`: the mean next-token loss from (tokens x vocab) logits, its gradient written in
-  the same pass (where the vocabulary dominates a small model's step, the float32 copies and
-  softmax passes of F.cross_entropy cost as much as its matmuls).
 - `swiglu_bwd`: from dg, the gradients of a and b (packed like the input), of w (a row sum), and
   g * w again for the down-projection's weight gradient, written over dg (one pass, no
   saved activation).
+- `cross_entropy`: the mean next-token loss from (tokens x vocab) logits, its gradient written in
+  the same pass (where the vocabulary dominates a small model's step, the float32 copies and
+  softmax passes of F.cross_entropy cost as much as its matmuls).
 
 Legend: S slots (tokens x slots per token, sorted by expert), F expert hidden, D width.
 """
