@@ -64,12 +64,21 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def expert_counts(expert_idx: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Kept slots per expert (index n_experts, a dropped slot, is not counted). Not `bincount`,
+    which synchronises with the host on CUDA (it sizes its output by the largest index) and
+    breaks a compiled graph."""
+    flat = expert_idx.reshape(-1)
+    counts = torch.zeros(n_experts + 1, dtype=torch.long, device=flat.device)
+    return counts.scatter_add_(0, flat, torch.ones_like(flat))[:n_experts]
+
+
 def _sort_slots(expert_idx_TK: torch.Tensor, n_experts: int):
     """Order kept slots by expert. Returns (slot order, token of each sorted slot, counts)."""
     k = expert_idx_TK.shape[1]
     flat_M = expert_idx_TK.reshape(-1)
     order = torch.argsort(flat_M, stable=True)
-    counts_X = torch.bincount(flat_M, minlength=n_experts + 1)[:n_experts]
+    counts_X = expert_counts(flat_M, n_experts)
     kept = int(counts_X.sum())
     order = order[:kept]  # dropped slots carry index n_experts and sort last
     return order, order // k, counts_X
@@ -162,9 +171,7 @@ class _GroupedMMExperts(torch.autograd.Function):
         n_exp = w13_XDH.shape[0]
         flat_S = expert_idx_TK.reshape(-1)
         order_S = torch.argsort(flat_S, stable=True)
-        counts = torch.zeros(n_exp + 1, dtype=torch.int32, device=flat_S.device)
-        counts.scatter_add_(0, flat_S, torch.ones_like(flat_S, dtype=torch.int32))
-        offs_X = torch.cumsum(counts[:n_exp], 0, dtype=torch.int32)
+        offs_X = torch.cumsum(expert_counts(flat_S, n_exp), 0, dtype=torch.int32)
         n_kept = offs_X[-1]
         pos_S = torch.empty_like(order_S)  # where each slot went in the sorted order
         pos_S[order_S] = torch.arange(len(order_S), device=order_S.device)
@@ -215,13 +222,13 @@ def grouped_experts(
         n_hidden = w2_XFD.shape[1]
         # traced, torch._grouped_mm takes bf16 only (its meta function): other dtypes loop
         traceable = dtype == torch.bfloat16 or not torch.compiler.is_compiling()
-        if backend == "grouped_mm" and traceable and not _grouped_mm_ok(x_TD, n_hidden):
+        ok = _grouped_mm_ok(x_TD, n_hidden)
+        if backend == "grouped_mm" and traceable and not ok:
             raise ValueError(
                 f"backend grouped_mm needs float32/bf16/fp16 rows of 16-byte multiples "
                 f"(d_model {x_TD.shape[1]}, expert hidden {n_hidden}, {dtype}); use grouped"
             )
-        on_gpu = x_TD.is_cuda and _grouped_mm_ok(x_TD, n_hidden)
-        if traceable and (backend == "grouped_mm" or on_gpu):
+        if traceable and ok and (backend == "grouped_mm" or x_TD.is_cuda):
             return _GroupedMMExperts.apply(x_TD, weight_TK, w13_XDH, w2_XFD, expert_idx_TK)
         return _loop_experts(x_TD, expert_idx_TK, weight_TK.to(dtype), w13_XDH, w2_XFD)
 

@@ -43,15 +43,6 @@ def load_imbalance(tokens_per_expert_X: torch.Tensor) -> float:
     return float(c.max() / c.mean().clamp_min(1e-9))
 
 
-def expert_counts(expert_idx_TK: torch.Tensor, n_exp: int) -> torch.Tensor:
-    """Slots per expert. Not `bincount`, which synchronises with the host on CUDA (it sizes its
-    output by the largest index) and breaks a compiled graph."""
-    flat = expert_idx_TK.reshape(-1)
-    return torch.zeros(n_exp, dtype=torch.long, device=flat.device).scatter_add_(
-        0, flat, torch.ones_like(flat)
-    )
-
-
 @dataclass
 class Routing:
     expert_idx_TK: torch.Tensor  # dropped slots carry index X
@@ -96,7 +87,7 @@ def route(
     if cfg.renormalizes and cfg.router != "softmax_after_topk":
         weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True)
 
-    counts_X = expert_counts(expert_idx_TK, n_exp)
+    counts_X = experts.expert_counts(expert_idx_TK, n_exp)
     balance_X = counts_X if prior_counts_X is None else counts_X + prior_counts_X
     f_X = balance_X.float() / balance_X.sum().clamp_min(1)
     aux_loss = n_exp * (f_X * probs_TX.mean(0)).sum()
@@ -152,7 +143,7 @@ def apply_capacity(
     if priority_TK is not None:
         order = torch.argsort(-priority_TK.reshape(-1), stable=True)
     order = order[torch.argsort(flat[order], stable=True)]  # by expert, then by priority
-    counts = torch.bincount(flat, minlength=n_experts)
+    counts = experts.expert_counts(flat, n_experts)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(flat)
     rank[order] = torch.arange(flat.numel(), device=flat.device) - starts[flat[order]]

@@ -135,7 +135,7 @@ def expert_parallel_forward(
 
     # 1. kept slots sorted by expert: destination ranks are contiguous blocks
     flat_S = expert_idx_TK.reshape(-1)
-    counts_X = torch.bincount(flat_S, minlength=n_experts + 1)[:n_experts]
+    counts_X = experts.expert_counts(flat_S, n_experts)
     order_M = torch.argsort(flat_S, stable=True)[: int(counts_X.sum())]
     tok_M = order_M // k
 
