@@ -77,9 +77,16 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, tiny_data):
     assert out.noise_scale == ref.noise_scale and out.noise_scale is not None
 
 
-def test_ctrl_c_finishes_the_step_and_checkpoints_it(tmp_path: Path, tiny_data, monkeypatch):
+def test_ctrl_c_finishes_the_step_and_checkpoints_it(
+    tmp_path: Path, tiny_data, monkeypatch, request
+):
     """SIGINT mid-step (checkpoint_every is 10): the step completes, a checkpoint is saved at
-    it, the run stops with KeyboardInterrupt, and resuming matches an uninterrupted run."""
+    it, the run stops with KeyboardInterrupt, and resuming matches an uninterrupted run.
+    SIGINT starts at its default, as in a terminal's foreground job: a test suite started in
+    the background of a non-interactive shell inherits it ignored, and the trainer then leaves
+    Ctrl-C alone (as `nohup` users want)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     ref = train(tiny_config(tmp_path / "ref", moe=True), data=tiny_data)
     real = trainer_mod.Trainer.train_one
 
