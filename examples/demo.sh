@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo behind `make demo`: the quickstart study (dense vs standard MoE vs fine-grained MoE,
 # 3 sizes x 5 token budgets from WSD branches, a small batch-size/LR axis) trained on the bundled
-# corpus, collected, fitted and reported. About 11 minutes on 2 CPU cores the first time; a
+# corpus, collected, fitted and reported. About 10 minutes on 2 CPU cores the first time; a
 # second call finds everything done and returns in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."

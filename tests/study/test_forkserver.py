@@ -95,13 +95,16 @@ def test_forked_and_fresh_processes_train_the_same_study(tmp_path: Path, corpus_
     assert losses["forkserver"] == losses["process"] and len(losses["process"]) == 4
 
 
-def test_start_is_checked_and_auto_forks_cpu_runs_only():
+def test_start_is_checked_and_auto_forks_only_without_a_gpu(monkeypatch):
     with pytest.raises(ConfigError, match="executor.start"):
         ExecutorConfig.from_dict({"start": "fork"})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert LocalExecutor(ExecutorConfig()).fork
     assert not LocalExecutor(ExecutorConfig(gpus=1)).fork  # GPU runs: fresh processes
     assert LocalExecutor(ExecutorConfig(gpus=1, start="forkserver")).fork
     assert not LocalExecutor(ExecutorConfig(start="process")).fork
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # a GPU machine, even for CPU runs
+    assert not LocalExecutor(ExecutorConfig()).fork
 
 
 def test_the_fork_server_imports_no_cuda_state():

@@ -58,7 +58,8 @@ class ExecutorConfig:
     gpus: int = 0  # GPUs to pack runs on (0: none, or all visible when the runs train on cuda)
     runs_per_gpu: int = 1  # with gpus 0 and runs on cuda, unset: one run per core over the GPUs
     # how a local run's process starts: forked from a process that has imported torch (saves
-    # ~3 s a run, study/forkserver.py) or a fresh interpreter; auto: forkserver for CPU runs
+    # ~3 s a run, study/forkserver.py) or a fresh interpreter; auto: forkserver on Linux machines
+    # without a visible GPU
     start: str = "auto"
     slurm: dict[str, Any] = field(default_factory=dict)  # partition, gpus_per_node, timeout_min
 
@@ -148,9 +149,9 @@ class LocalExecutor:
         names = visible_gpus() if cfg.gpus else []
         # slot -> GPU, through the parent's CUDA_VISIBLE_DEVICES (GPUs 2,3 of a node stay 2,3)
         self.gpu_names = names if len(names) >= cfg.gpus else [str(i) for i in range(cfg.gpus)]
-        # GPU runs: fresh processes until the fork server is measured on a GPU (forkserver.py)
-        auto = forkserver.available() and not cfg.gpus
-        self.fork = cfg.start == "forkserver" or (cfg.start == "auto" and auto)
+        # with a GPU in sight: fresh processes until the fork server is tried on one (forkserver.py)
+        auto = cfg.start == "auto" and forkserver.available() and not (cfg.gpus or visible_gpus())
+        self.fork = cfg.start == "forkserver" or auto
 
     def env(self, slot: int) -> dict[str, str]:
         env = dict(os.environ)

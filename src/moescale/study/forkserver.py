@@ -12,8 +12,8 @@ SIGINT from Ctrl-C, and SIGTERM when the study dies (through the fork server, wh
 the study). Its environment is set before it imports anything new. Two things differ from a
 fresh interpreter, and neither reaches a run: variables read when a library loads (OMP_NUM_THREADS
 for OpenMP: the run sets its threads through torch, from its `--threads`) and CUDA, which the
-fork server must never initialise (it imports torch only), so GPU runs keep fresh processes until
-the fork server is measured on a GPU (`executor.start`).
+fork server must never initialise (it imports torch only). On a machine with a visible GPU,
+`executor.start: auto` keeps fresh processes until the fork server has been tried there.
 """
 
 from __future__ import annotations
