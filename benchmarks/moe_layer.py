@@ -2,7 +2,8 @@
 
 All implementations run in the same process on the same inputs and weights, interleaved, so the
 ratios are meaningful even on a noisy machine. Peers:
-- `grouped`, `reference`: moescale's expert backends (softmax_after_topk router).
+- `grouped`, `reference`: moescale's expert backends (softmax_after_topk router); on CPU also
+  `loop`, grouped's per-expert loop in Python (grouped runs it in C++ there, model/cpu_ext.py).
 - `hf_default`, `hf_fastest`: the installed transformers' Qwen3-MoE sparse block with the same
   weights, using the experts implementation a model would pick by default, and the fastest of
   the ones it offers here (`eager`, `batched_mm`, `grouped_mm`). Qwen3's router (softmax, top-k,
@@ -290,6 +291,10 @@ def peer_fns(args: argparse.Namespace, layer: MoEFFN, x, dy) -> dict:
     dtype, device, g = layer.w13_XDH.dtype, layer.w13_XDH.device, layer.cfg.granularity
     d, ff, k = args.d_model, args.d_ff, args.top_k
     fns = {"grouped": step_fn(layer, x, dy)}
+    if not args.device.startswith("cuda"):
+        loop = MoEFFN(d, ff, MoEConfig(**{**layer.cfg.__dict__, "backend": "loop"}))
+        loop.load_state_dict(layer.state_dict())
+        fns["loop"] = step_fn(loop.to(device=device, dtype=dtype), x, dy)
     if not args.no_reference:
         ref = MoEFFN(d, ff, MoEConfig(**{**layer.cfg.__dict__, "backend": "reference"}))
         ref.load_state_dict(layer.state_dict())
@@ -335,7 +340,7 @@ def timing_rows(g: int, rounds: dict, default_impl: str | None, args) -> list[di
             rounds["hf_default"] = hf[default_impl]
             notes["hf_default"] = default_impl
     ms = {name: statistics.median(t) for name, t in rounds.items()}
-    order = ["grouped", "reference", "hf_default", "hf_fastest", "torchtitan", "dense"]
+    order = ["grouped", "loop", "reference", "hf_default", "hf_fastest", "torchtitan", "dense"]
     rows = []
     for name in order + sorted(k_ for k_ in ms if k_.startswith("hf_") and k_ not in order):
         if name not in ms:
@@ -419,7 +424,7 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> list[dict]:
     for g in args.granularity:
         by = {r["impl"]: r["ms_all"] for r in rows if r["granularity"] == g and "ms_all" in r}
         parts = [f"G={g}:"]
-        for peer in ("hf_default", "hf_fastest", "hf_eager", "torchtitan", "dense"):
+        for peer in ("loop", "hf_default", "hf_fastest", "hf_eager", "torchtitan", "dense"):
             if peer in by:
                 ratio = paired_ratio(by[peer], by["grouped"])
                 out.append({"impl": "ratio", "granularity": g, "of": f"{peer}/grouped", **ratio})

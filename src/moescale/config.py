@@ -31,7 +31,7 @@ RouterKind = Literal["softmax_after_topk", "softmax_before_topk", "sigmoid", "ex
 ExpertInitKind = Literal["forward_scale", "fan_in", "scaled_weights"]
 CapacityPolicy = Literal["weight", "token_order"]
 BalanceScope = Literal["step", "micro_batch"]
-BackendKind = Literal["auto", "reference", "grouped", "grouped_mm"]
+BackendKind = Literal["auto", "reference", "grouped", "grouped_mm", "loop"]
 ScheduleKind = Literal["cosine", "wsd", "constant"]
 DeviceKind = Literal["auto", "cpu", "cuda"]
 

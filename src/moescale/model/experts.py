@@ -14,7 +14,9 @@ skipped. Backends:
   a GPU without grouped GEMM), or the `grouped_mm` path on CUDA sm80+. The loop is a custom
   autograd function: it never keeps the (slots x d_model) copy of the input that autograd would
   save, re-gathers it in backward instead, and keeps each expert's working set in cache. That
-  data movement, not FLOPs, is the cost of fine granularity.
+  data movement, not FLOPs, is the cost of fine granularity. On CPU in float32/float64 the loop
+  runs in C++ (model/cpu_ext.py) where it could be built, else in Python.
+- `loop`: the same loop, always in Python: the C++ loop's pure-PyTorch twin.
 - `grouped_mm`: one `torch._grouped_mm` per projection over all slots, with the activation, the
   routing weights and the un-permutation fused into memory-bound kernels (model/kernels.py:
   Triton on CUDA, PyTorch elsewhere), no host synchronisation and shapes independent of the
@@ -32,7 +34,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from moescale.model import kernels
+from moescale.model import cpu_ext, kernels
 
 Backend = Callable[..., torch.Tensor]
 silu_backward = torch.ops.aten.silu_backward.grad_input  # grad * d silu(a) / da, into an out=
@@ -146,6 +148,25 @@ class _LoopExperts(torch.autograd.Function):
         return dx_TD.to(x_TD.dtype), dw_M, dw13, dw2, None, None
 
 
+class _CppLoopExperts(torch.autograd.Function):
+    """_LoopExperts, expert by expert in C++ (model/csrc/experts_cpu.cpp): the same operations."""
+
+    @staticmethod
+    def forward(ctx, x_TD, w_M, w13_XDH, w2_XFD, tok_M, counts):
+        ext = cpu_ext.get()
+        y_TD, ab_MH = ext.experts_forward(x_TD, w_M, w13_XDH, w2_XFD, tok_M, counts)
+        ctx.ext, ctx.counts = ext, counts
+        ctx.save_for_backward(x_TD, w_M, w13_XDH, w2_XFD, tok_M, ab_MH)
+        return y_TD
+
+    @staticmethod
+    def backward(ctx, dy_TD):
+        x_TD, w_M, w13_XDH, w2_XFD, tok_M, ab_MH = ctx.saved_tensors
+        grads = ctx.ext.experts_backward(dy_TD.contiguous(), x_TD, w_M, w13_XDH, w2_XFD, tok_M,
+                                         ab_MH, ctx.counts)  # fmt: skip
+        return (*grads, None, None)
+
+
 def _grouped_mm_ok(x: torch.Tensor, n_hidden: int) -> bool:
     """torch._grouped_mm takes float32/bf16/fp16 with rows aligned to 16 bytes; on CUDA it needs
     sm80+ (torch >= 2.9)."""
@@ -230,12 +251,16 @@ def grouped_experts(
             )
         if traceable and ok and (backend == "grouped_mm" or x_TD.is_cuda):
             return _GroupedMMExperts.apply(x_TD, weight_TK, w13_XDH, w2_XFD, expert_idx_TK)
-        return _loop_experts(x_TD, expert_idx_TK, weight_TK.to(dtype), w13_XDH, w2_XFD)
+        cpp = backend != "loop" and not x_TD.is_cuda and dtype in (torch.float32, torch.float64)
+        return _loop_experts(x_TD, expert_idx_TK, weight_TK.to(dtype), w13_XDH, w2_XFD, cpp)
 
 
-def _loop_experts(x_TD, expert_idx_TK, weight_TK, w13_XDH, w2_XFD) -> torch.Tensor:
+def _loop_experts(x_TD, expert_idx_TK, weight_TK, w13_XDH, w2_XFD, cpp=False) -> torch.Tensor:
     order_M, tok_M, counts_X = _sort_slots(expert_idx_TK, w13_XDH.shape[0])
     w_M = weight_TK.reshape(-1)[order_M]
+    if cpp and cpu_ext.get() is not None:
+        tensors = (t.contiguous() for t in (x_TD, w_M, w13_XDH, w2_XFD, tok_M))
+        return _CppLoopExperts.apply(*tensors, counts_X.tolist())
     return _LoopExperts.apply(x_TD, w_M, w13_XDH, w2_XFD, tok_M, counts_X.tolist())
 
 
@@ -243,10 +268,15 @@ def grouped_mm_experts(*args: torch.Tensor) -> torch.Tensor:
     return grouped_experts(*args, backend="grouped_mm")
 
 
+def loop_experts(*args: torch.Tensor) -> torch.Tensor:
+    return grouped_experts(*args, backend="loop")
+
+
 BACKENDS: dict[str, Backend] = {
     "reference": reference_experts,
     "grouped": grouped_experts,
     "grouped_mm": grouped_mm_experts,
+    "loop": loop_experts,
 }
 
 

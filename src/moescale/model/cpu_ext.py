@@ -1,0 +1,79 @@
+"""The C++ CPU expert loop (model/csrc/experts_cpu.cpp): built once per machine, loaded on use.
+
+It runs the same ATen operations as the Python loop of model/experts.py (the pure-PyTorch twin,
+backend `loop`), without Python between them: at the expert sizes of small models, dispatching
+~25 operations per expert from Python cost as much as their arithmetic (README, Measured speed).
+
+The first process that needs it compiles it with torch.utils.cpp_extension (a C++ compiler and
+ninja; about 30 s) into the moescale cache, under a name that carries the source's hash and the
+torch and Python versions, so an edited source or another torch never loads a stale build; later
+processes import the built module directly. Where it cannot be built (no compiler), the Python
+loop runs instead, after one warning: same results, slower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from moescale.data.cache import cache_root, file_lock
+
+logger = logging.getLogger(__name__)
+SOURCE = Path(__file__).parent / "csrc" / "experts_cpu.cpp"
+_loaded: ModuleType | None = None
+_failed = False
+
+
+def _name() -> str:
+    return "moescale_experts_cpu_" + hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+
+
+def build_dir() -> Path:
+    tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
+    return cache_root() / "build" / f"{_name()}-{tag.replace('+', '_')}"
+
+
+def _import(path: Path, name: str) -> ModuleType:
+    loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def _build(directory: Path, name: str) -> Path:
+    from torch.utils.cpp_extension import load
+
+    logger.info("building the C++ CPU expert loop once for this machine (about 30 s) in %s",
+                directory)  # fmt: skip
+    load(name, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(directory))
+    return directory / f"{name}.so"
+
+
+def get() -> ModuleType | None:
+    """The compiled module, or None where it cannot be built (warned once per process)."""
+    global _loaded, _failed
+    if _loaded is not None or _failed:
+        return _loaded
+    name, directory = _name(), build_dir()
+    so = directory / f"{name}.so"
+    try:
+        if not so.exists():
+            with file_lock(directory / "build.lock"):  # parallel workers build it once
+                if not so.exists():
+                    so = _build(directory, name)
+        _loaded = _import(so, name)
+    except Exception as exc:  # no compiler or ninja, a failed build: the Python loop runs
+        _failed = True
+        reason = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+        logger.warning("C++ CPU expert loop unavailable (%s); running the Python loop (same "
+                       "results, slower at small expert sizes)", reason[0][:200])  # fmt: skip
+    return _loaded
