@@ -2,13 +2,13 @@
 
 It runs the same ATen operations as the Python loop of model/experts.py (the pure-PyTorch twin,
 backend `loop`), without Python between them: at the expert sizes of small models, dispatching
-~25 operations per expert from Python cost as much as their arithmetic (README, Measured speed).
+~25 operations per expert from Python took a fifth of the layer's time (README, Measured speed).
 
 The first process that needs it compiles it with torch.utils.cpp_extension (a C++ compiler and
-ninja; about 30 s) into the moescale cache, under a name that carries the source's hash and the
-torch and Python versions, so an edited source or another torch never loads a stale build; later
-processes import the built module directly. Where it cannot be built (no compiler), the Python
-loop runs instead, after one warning: same results, slower.
+ninja; about 25 s here) into the moescale cache, under a name that carries the source's hash and
+the torch and Python versions, so an edited source or another torch never loads a stale build;
+later processes import the built module directly. Where it cannot be built (no compiler), the
+Python loop runs instead, after one warning: same results, slower.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _import(path: Path, name: str) -> ModuleType:
 def _build(directory: Path, name: str) -> Path:
     from torch.utils.cpp_extension import load
 
-    logger.info("building the C++ CPU expert loop once for this machine (about 30 s) in %s",
+    logger.info("building the C++ CPU expert loop once for this machine (about 25 s) in %s",
                 directory)  # fmt: skip
     load(name, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(directory))
     return directory / f"{name}.so"

@@ -249,7 +249,7 @@ def grouped_experts(
                 f"backend grouped_mm needs float32/bf16/fp16 rows of 16-byte multiples "
                 f"(d_model {x_TD.shape[1]}, expert hidden {n_hidden}, {dtype}); use grouped"
             )
-        if traceable and ok and (backend == "grouped_mm" or x_TD.is_cuda):
+        if traceable and ok and (backend == "grouped_mm" or x_TD.is_cuda and backend != "loop"):
             return _GroupedMMExperts.apply(x_TD, weight_TK, w13_XDH, w2_XFD, expert_idx_TK)
         cpp = backend != "loop" and not x_TD.is_cuda and dtype in (torch.float32, torch.float64)
         return _loop_experts(x_TD, expert_idx_TK, weight_TK.to(dtype), w13_XDH, w2_XFD, cpp)
