@@ -48,6 +48,9 @@ def test_a_forked_run_gets_its_environment_log_and_exit_status(tmp_path: Path, c
     bad = forkserver.ForkedRun(["train", str(tmp_path / "missing.yaml")], env, tmp_path / "b.log")
     assert bad.wait(60) == 2  # the command's own exit status
     assert "missing.yaml" in (tmp_path / "b.log").read_text()  # its stderr, in the log
+    usage = forkserver.ForkedRun(["train"], env, tmp_path / "u.log")  # argparse exits itself
+    assert usage.wait(60) == 2
+    assert "required" in (tmp_path / "u.log").read_text()
 
 
 def test_a_forked_run_stops_on_sigint_and_dies_on_kill(tmp_path: Path, corpus_dir: Path, request):

@@ -1,6 +1,6 @@
 """Start a study's runs by forking a process that has already imported torch and moescale.
 
-A fresh `python -m moescale.cli train` spends about 3.5 s on this 2-core CPU before it trains:
+A fresh `python -m moescale.cli train` spends about 3.5 s on the 2-core dev CPU before it trains:
 importing torch (about a second) and torch._dynamo, which torch.optim imports when AdamW is built
 (about 1.5 s). The quickstart's runs train for 5-30 s each, so a study of 57 of them lost about a
 sixth of its wall time to start-up (benchmarks/study_workers.py, `2x1:process` against `2x1`).
@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 PRELOAD = ["torch", "torch._dynamo", "moescale.train.trainer", "moescale.cli"]
@@ -68,6 +69,12 @@ def _run_cli(argv: list[str], env: dict[str, str], log: str, sigint_ignored: boo
     rc = 1
     try:
         rc = cli.main(argv)
+    except SystemExit as exc:  # argparse's usage errors: status 2, as a fresh process exits
+        rc = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    except BaseException:  # a crash: its traceback in the log, status 1
+        traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
