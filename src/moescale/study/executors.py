@@ -17,7 +17,6 @@ add up to more than the cores. With GPUs, `runs_per_gpu` small runs share each G
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -108,13 +107,6 @@ def plan_workers(cfg: ExecutorConfig) -> tuple[int, int]:
     return workers, threads
 
 
-def _die_with_parent() -> None:
-    """In the child: receive SIGTERM when the study process dies, even by SIGKILL (Linux), so
-    no orphan keeps training (and holding its run's lock) after the study is gone."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, named as CUDA_VISIBLE_DEVICES names them: its own value
     where set (a scheduler's allocation, kept), else every GPU torch sees."""
@@ -171,7 +163,7 @@ class LocalExecutor:
             out = open(log, "ab")  # noqa: SIM115 (the child holds it)
             cmd = [sys.executable, "-m", "moescale.cli", *task.argv(self.threads)]
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env(slot),
-                                    preexec_fn=_die_with_parent)  # fmt: skip
+                                    preexec_fn=forkserver.die_with_parent)  # fmt: skip
             out.close()
         self.procs[task.name] = (proc, slot)
 

@@ -45,6 +45,14 @@ def _ctx():
     return _context
 
 
+def die_with_parent() -> None:
+    """In a run's process: receive SIGTERM when its parent dies, even by SIGKILL (Linux), so no
+    orphan keeps training (and holding its run's lock) after the study is gone. The parent is
+    the study for a fresh interpreter, the fork server (which exits with the study) for a fork."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _run_cli(argv: list[str], env: dict[str, str], log: str, sigint_ignored: bool) -> None:
     """In the forked child: what `python -m moescale.cli ARGV > LOG 2>&1` with `env` would do."""
     # Ctrl-C as a fresh child of the study would have it: ignored where the study ignores it
@@ -58,8 +66,7 @@ def _run_cli(argv: list[str], env: dict[str, str], log: str, sigint_ignored: boo
     os.close(fd)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    with contextlib.suppress(Exception):  # SIGTERM when the fork server (with the study) exits
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    die_with_parent()
     sys.argv = ["moescale", *argv]
     # daemonic in the study (which then stops it on exit, as a dying parent's SIGTERM would), but
     # free, like any process, to start its own (a ProcessPoolExecutor in a run's command)
