@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def test_grouped_runs_the_cpp_loop_and_agrees_with_its_python_twin(G: int):
 
 
 def test_without_a_build_the_python_loop_runs_after_one_warning(monkeypatch, tmp_path, caplog):
-    def no_compiler(directory: Path, name: str) -> Path:
+    def no_compiler(directory: Path, name: str) -> ModuleType:
         raise RuntimeError("Error building extension\nc++: command not found")
 
     monkeypatch.setattr(cpu_ext, "_loaded", None)

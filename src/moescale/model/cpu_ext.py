@@ -49,13 +49,13 @@ def _import(path: Path, name: str) -> ModuleType:
     return module
 
 
-def _build(directory: Path, name: str) -> Path:
+def _build(directory: Path, name: str) -> ModuleType:
+    """Compiles and imports the module (cpp_extension imports what it builds)."""
     from torch.utils.cpp_extension import load
 
     logger.info("building the C++ CPU expert loop once for this machine (about 25 s) in %s",
                 directory)  # fmt: skip
-    load(name, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(directory))
-    return directory / f"{name}.so"
+    return load(name, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(directory))
 
 
 def get() -> ModuleType | None:
@@ -69,8 +69,9 @@ def get() -> ModuleType | None:
         if not so.exists():
             with file_lock(directory / "build.lock"):  # parallel workers build it once
                 if not so.exists():
-                    so = _build(directory, name)
-        _loaded = _import(so, name)
+                    _loaded = _build(directory, name)
+        if _loaded is None:  # built by an earlier process
+            _loaded = _import(so, name)
     except Exception as exc:  # no compiler or ninja, a failed build: the Python loop runs
         _failed = True
         reason = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
