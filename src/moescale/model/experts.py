@@ -251,7 +251,7 @@ def grouped_experts(
             )
         if traceable and ok and (backend == "grouped_mm" or x_TD.is_cuda and backend != "loop"):
             return _GroupedMMExperts.apply(x_TD, weight_TK, w13_XDH, w2_XFD, expert_idx_TK)
-        cpp = backend != "loop" and not x_TD.is_cuda and dtype in (torch.float32, torch.float64)
+        cpp = backend != "loop" and x_TD.is_cpu and dtype in (torch.float32, torch.float64)
         return _loop_experts(x_TD, expert_idx_TK, weight_TK.to(dtype), w13_XDH, w2_XFD, cpp)
 
 
