@@ -291,14 +291,11 @@ def peer_fns(args: argparse.Namespace, layer: MoEFFN, x, dy) -> dict:
     dtype, device, g = layer.w13_XDH.dtype, layer.w13_XDH.device, layer.cfg.granularity
     d, ff, k = args.d_model, args.d_ff, args.top_k
     fns = {"grouped": step_fn(layer, x, dy)}
-    if not args.device.startswith("cuda"):
-        loop = MoEFFN(d, ff, MoEConfig(**{**layer.cfg.__dict__, "backend": "loop"}))
-        loop.load_state_dict(layer.state_dict())
-        fns["loop"] = step_fn(loop.to(device=device, dtype=dtype), x, dy)
-    if not args.no_reference:
-        ref = MoEFFN(d, ff, MoEConfig(**{**layer.cfg.__dict__, "backend": "reference"}))
-        ref.load_state_dict(layer.state_dict())
-        fns["reference"] = step_fn(ref.to(device=device, dtype=dtype), x, dy)
+    backends = ["loop"] if not args.device.startswith("cuda") else []  # grouped's Python twin
+    for backend in backends + ([] if args.no_reference else ["reference"]):
+        peer = MoEFFN(d, ff, MoEConfig(**{**layer.cfg.__dict__, "backend": backend}))
+        peer.load_state_dict(layer.state_dict())
+        fns[backend] = step_fn(peer.to(device=device, dtype=dtype), x, dy)
     blocks = {}
     for impl in HF_IMPLS:
         if impl == "batched_mm" and (skip := batched_mm_too_big(args, dtype)):
