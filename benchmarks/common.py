@@ -62,10 +62,24 @@ def apply_threads(args: argparse.Namespace) -> str:
     return choice.reason
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the architecture: the ratios differ between machines
+    (README, Measured speed)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info(args: argparse.Namespace, threads_source: str) -> dict:
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # ATen's kernels: AVX2, ...
         "cpu_count": os.cpu_count(),
         "available_cores": available_cores(),
         "threads": torch.get_num_threads(),
