@@ -6,14 +6,18 @@ A deliberate change of behaviour (a new initialisation, a new default) regenerat
     MOESCALE_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/train/test_golden.py
 
 and the commit says why the curves moved. The comparison is exact when the golden file was
-written by the same torch version on the same CPU kernel family (the CI machines); elsewhere
-float32 kernels may round differently, and it falls back to a relative tolerance of 1e-5.
+written by the same torch version on the same kind of CPU (its model, instruction-set flags and
+core count: MKL picks its kernels by microarchitecture, and two AVX-512 machines, one with AMX,
+rounded the dense case differently in the 7th digit); elsewhere it falls back to a relative
+tolerance of 1e-5, and for the capacity case to the losses within 1 % (below).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +48,33 @@ CASES: dict[str, tuple[bool, dict[str, Any], dict[str, Any]]] = {
 }
 
 
+# Capacity drops the tokens an expert ranks last: on another CPU a last-bit difference flips a
+# routing decision (the load imbalance of one step moved by 14 %, the losses by up to 0.3 %),
+# so across machines only its losses are compared, loosely.
+CHAOTIC = {"moe_sigmoid_bias_capacity": 1e-2}
+
+
+def cpu_kind() -> str:
+    """A short hash of the CPU's model name, instruction-set flags and core count."""
+    model = flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = " ".join(sorted(value.split()))
+    except OSError:
+        model = platform.processor() or platform.machine()
+    return hashlib.sha256(f"{model}|{flags}|{os.cpu_count()}".encode()).hexdigest()[:12]
+
+
 def machine() -> dict[str, str]:
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": cpu_kind(),
+    }
 
 
 def run_case(name: str, out_dir: Path, data) -> dict[str, Any]:
@@ -77,8 +106,19 @@ def test_golden_losses(name: str, tmp_path: Path, tiny_data):
     assert len(got["loss"]) == STEPS
     if want.pop("machine") == machine():
         assert got == want, f"{name}: the run no longer reproduces {path}"
+    elif name in CHAOTIC:
+        for key in ("loss", "val_loss"):
+            assert_close(got[key], want[key], CHAOTIC[name])
     else:
-        assert flat(got) == pytest.approx(flat(want), rel=1e-5)
+        assert_close(got, want, 1e-5)
+
+
+def assert_close(got: Any, want: Any, rel: float) -> None:
+    """Every number within `rel`, and None exactly where the golden file has None."""
+    g, w = flat(got), flat(want)
+    assert [v is None for v in g] == [v is None for v in w]
+    numbers = [v for v in w if v is not None]
+    assert [v for v in g if v is not None] == pytest.approx(numbers, rel=rel)
 
 
 def flat(tree: Any) -> list[float | None]:
