@@ -110,6 +110,8 @@ def test_fused_swiglu_propagates_nan_and_refuses_mismatched_buffers():
     assert g.isnan().nonzero().tolist() == [[1, 2], [2, 66]]
     with pytest.raises(RuntimeError, match="g must be 4 x 67"):
         ext.swiglu_forward(ab, w, torch.empty(4, 7))
+    with pytest.raises(RuntimeError, match="ab must be rows x 2F"):
+        ext.swiglu_forward(ab[:, :5], w, g)
     with pytest.raises(RuntimeError, match="float32 or float64"):
         ext.swiglu_forward(ab.bfloat16(), w.bfloat16(), g.bfloat16())
 

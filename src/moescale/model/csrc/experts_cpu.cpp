@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 using at::Tensor;
@@ -36,7 +37,6 @@ void check_dtype(const Tensor& x) {
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "the C++ expert loop takes float32 or float64, got ", x.scalar_type());
 }
-
 
 // The rows a kernel reads and the rows it writes never overlap: vectorize without checks.
 #if defined(__clang__)
@@ -145,6 +145,12 @@ void swiglu_bwd(const double* ab, const double* w, const double* dgw, double* gw
 
 constexpr int64_t kRowGrain = 64;  // rows per parallel task
 
+// the rows and F of ab = (a | b), rows x 2F
+std::pair<int64_t, int64_t> pre_activation_shape(const Tensor& ab) {
+  TORCH_CHECK(ab.dim() == 2 && ab.size(1) % 2 == 0, "ab must be rows x 2F, got ", ab.sizes());
+  return {ab.size(0), ab.size(1) / 2};
+}
+
 void check_rows(const Tensor& t, int64_t rows, int64_t cols, const char* name) {
   check(t, name);
   TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, name, " must be ", rows,
@@ -155,7 +161,8 @@ void check_rows(const Tensor& t, int64_t rows, int64_t cols, const char* name) {
 
 // g = silu(a) * b * w for ab = (a | b), rows x 2F; w, rows.
 void swiglu_forward(const Tensor& ab, const Tensor& w, const Tensor& g) {
-  const int64_t rows = ab.size(0), F = ab.size(1) / 2;
+  const auto shape = pre_activation_shape(ab);  // no structured binding: lambdas capture it
+  const int64_t rows = shape.first, F = shape.second;
   check_rows(ab, rows, 2 * F, "ab");
   check_rows(g, rows, F, "g");
   check(w, "w");
@@ -174,7 +181,8 @@ void swiglu_forward(const Tensor& ab, const Tensor& w, const Tensor& g) {
 // gw = g * w, dab = (da | db) and dw (rows) from dgw, the gradient of g * w.
 void swiglu_backward(const Tensor& ab, const Tensor& w, const Tensor& dgw, const Tensor& gw,
                      const Tensor& dab, const Tensor& dw) {
-  const int64_t rows = ab.size(0), F = ab.size(1) / 2;
+  const auto shape = pre_activation_shape(ab);  // no structured binding: lambdas capture it
+  const int64_t rows = shape.first, F = shape.second;
   check_rows(ab, rows, 2 * F, "ab");
   check_rows(dgw, rows, F, "dgw");
   check_rows(gw, rows, F, "gw");
