@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 
 from moescale.config import DataConfig
-from moescale.data import load_tokenizer, prepare_data, token_dtype
+from moescale.data import load_tokenizer, prepare_data, shards, token_dtype
+from moescale.data.bundled import build_bundled_corpus
 from moescale.data.cache import sha256_file
+from moescale.data.documents import Document
 from moescale.data.user_files import load_user_files
 from moescale.errors import ConfigError
+
+from .conftest import make_docs
 
 
 def _cfg(txt_dir: Path, cache: Path) -> DataConfig:
@@ -89,6 +93,31 @@ def test_reused_when_unchanged_rebuilt_when_corpus_or_vocab_changes(
     # a shard killed half-way (no manifest) is rebuilt, not trusted
     (changed.dir / "manifest.json").unlink()
     assert prepare_data(_cfg(txt_dir, cache), 300).built
+
+
+def test_bundled_token_cache_opens_without_reading_the_corpus(tmp_path: Path, monkeypatch) -> None:
+    docs = [Document("fake", f"d{i}", d) for i, d in enumerate(make_docs(30, seed=6))]
+    build_bundled_corpus(tmp_path, sources={"fake==1": lambda tmp: {"fake": docs}})
+    cfg = DataConfig(corpus="bundled", cache_dir=str(tmp_path))
+    first = prepare_data(cfg, 300)
+    assert first.built
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("the corpus text was read although its token cache is complete")
+
+    monkeypatch.setattr(shards, "load_corpus", not_again)
+    again = prepare_data(cfg, 300)
+    assert not again.built and again.dir == first.dir and again.manifest == first.manifest
+    assert np.array_equal(again.train_tokens, first.train_tokens)
+    assert np.array_equal(again.token_bytes, first.token_bytes)
+    # another vocabulary, or a token cache killed half-way (no manifest), needs the text
+    with pytest.raises(AssertionError, match="was read"):
+        prepare_data(cfg, 320)
+    (first.dir / "manifest.json").unlink()
+    with pytest.raises(AssertionError, match="was read"):
+        prepare_data(cfg, 300)
+    monkeypatch.undo()
+    assert prepare_data(cfg, 300).built
 
 
 def test_uint32_for_large_vocab(txt_dir: Path, cache: Path) -> None:
