@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from moescale.model import experts
+from moescale.model import experts, kernels
 from moescale.model.moe import MoEFFN, MoEStats, load_imbalance, route_tokens
 
 if TYPE_CHECKING:
@@ -173,9 +173,10 @@ def expert_parallel_forward(
     # 5. back to the sender; weights applied here; a token's K slots summed in float32 at least
     out_MD = _exchange(h_RD, send_splits, recv_splits, group, world)
     out_MD = out_MD * weight_TK.reshape(-1)[order_M].to(out_MD.dtype)[:, None]
-    out_SD = out_MD.new_zeros(n_tok * k, out_MD.shape[1]).index_copy(0, order_M, out_MD)
-    acc = experts.accumulate_dtype(out_MD.dtype)
-    y_TD = out_SD.view(n_tok, k, out_MD.shape[1]).sum(1, dtype=acc).to(out_MD.dtype)
+    inv_S = torch.full((n_tok * k,), -1, dtype=torch.long, device=out_MD.device)  # -1: dropped
+    inv_S[order_M] = torch.arange(len(order_M), device=out_MD.device)
+    # PyTorch's gather_sum, not the Triton one: autograd differentiates through this
+    y_TD = kernels.gather_sum_torch(out_MD, inv_S.view(n_tok, k), out_MD.dtype)
 
     stats = ExpertParallelStats(
         tokens_per_local_expert=recv_PL.sum(0),
