@@ -170,12 +170,11 @@ def expert_parallel_forward(
             backend=backend,
         )
 
-    # 5. back to the sender; weights applied here; a token's K slots summed in float32 at least
+    # 5. back to the sender, weighted; K slots summed in float32+ (gather_sum_torch: autograd)
     out_MD = _exchange(h_RD, send_splits, recv_splits, group, world)
     out_MD = out_MD * weight_TK.reshape(-1)[order_M].to(out_MD.dtype)[:, None]
     inv_S = torch.full((n_tok * k,), -1, dtype=torch.long, device=out_MD.device)  # -1: dropped
     inv_S[order_M] = torch.arange(len(order_M), device=out_MD.device)
-    # PyTorch's gather_sum, not the Triton one: autograd differentiates through this
     y_TD = kernels.gather_sum_torch(out_MD, inv_S.view(n_tok, k), out_MD.dtype)
 
     stats = ExpertParallelStats(
