@@ -84,6 +84,7 @@ def get() -> ModuleType | None:
     except Exception as exc:  # no compiler or ninja, a failed build: the Python loop runs
         _failed = True
         reason = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
-        logger.warning("C++ CPU expert loop unavailable (%s); running the Python loop (same "
-                       "results, slower at small expert sizes)", reason[0][:200])  # fmt: skip
+        logger.warning("C++ CPU expert loop unavailable (%s); running the Python loop (the "
+                       "same results to float rounding, slower at small expert sizes)",
+                       reason[0][:200])  # fmt: skip
     return _loaded

@@ -163,7 +163,7 @@ void check_rows(const Tensor& t, int64_t rows, int64_t cols, const char* name) {
 void swiglu_forward(const Tensor& ab, const Tensor& w, const Tensor& g) {
   const auto shape = pre_activation_shape(ab);  // no structured binding: lambdas capture it
   const int64_t rows = shape.first, F = shape.second;
-  check_rows(ab, rows, 2 * F, "ab");
+  check(ab, "ab");  // its shape: pre_activation_shape
   check_rows(g, rows, F, "g");
   check(w, "w");
   TORCH_CHECK(w.numel() == rows && w.scalar_type() == ab.scalar_type() &&
@@ -183,7 +183,7 @@ void swiglu_backward(const Tensor& ab, const Tensor& w, const Tensor& dgw, const
                      const Tensor& dab, const Tensor& dw) {
   const auto shape = pre_activation_shape(ab);  // no structured binding: lambdas capture it
   const int64_t rows = shape.first, F = shape.second;
-  check_rows(ab, rows, 2 * F, "ab");
+  check(ab, "ab");  // its shape: pre_activation_shape
   check_rows(dgw, rows, F, "dgw");
   check_rows(gw, rows, F, "gw");
   check_rows(dab, rows, 2 * F, "dab");
