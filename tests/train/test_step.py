@@ -1,5 +1,5 @@
 """One optimizer step: accumulation equals the full batch, a non-finite loss changes nothing,
-and the router biases move from the whole step's loads."""
+clipping equals torch's, and the router biases move from the whole step's loads."""
 
 from __future__ import annotations
 
@@ -72,6 +72,23 @@ def test_clipping_and_noise_scale_inputs():
     assert res.grad_norm > 1e-3  # reported before clipping
     assert noise.count == 1 and noise.big_sq == [pytest.approx(res.grad_norm**2)]
     assert noise.loss() == pytest.approx(res.loss)
+
+
+@pytest.mark.parametrize("grad_clip", [1e-3, 1e9, 0.0])
+def test_clipping_matches_torch_clip_grad_norm(grad_clip):
+    """The step clips only when the coefficient is below 1 (it skips torch's multiply by 1.0):
+    the parameters after the step equal those of torch's clip_grad_norm_ and AdamW, exactly,
+    whether the gradient is clipped (1e-3), not (1e9), or clipping is off (0)."""
+    model, opt, opts, x, y = setup(grad_clip=grad_clip)
+    ref_model, ref_opt, *_ = setup(grad_clip=grad_clip)
+    res = train_step(model, opt, x, y, opts)
+    forward_backward(ref_model, x, y, opts)
+    max_norm = grad_clip if grad_clip > 0 else math.inf
+    norm = torch.nn.utils.clip_grad_norm_(list(ref_model.parameters()), max_norm, foreach=True)
+    ref_opt.step()
+    assert res.grad_norm == float(norm)
+    for (name, a), b in zip(model.named_parameters(), ref_model.parameters(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_router_bias_moves_after_the_step():

@@ -174,10 +174,18 @@ def train_step(
         raise NonFiniteError(f"non-finite loss ({loss})")
     sync.finish()
     max_norm = opts.grad_clip if opts.grad_clip > 0 else float("inf")
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None],
+                                         foreach=True)  # fmt: skip
+    total = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    grad_norm = float(total)
     if not math.isfinite(grad_norm):
         raise NonFiniteError(f"non-finite gradient norm ({grad_norm})")
+    # clip_grad_norm_ multiplies every gradient by its coefficient clamped to 1, to spare a host
+    # sync that this step makes anyway: scale only when the coefficient (computed as it does)
+    # is below 1, sparing a pass over all gradients (10 against 16 ms for 27M parameters on the
+    # dev CPU; benchmarks/optimizer.py)
+    if float(max_norm / (total + 1e-6)) < 1.0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
     small_sq = float(st.small_sq) if st.small_sq is not None else sync.local_grad_sq()
     if noise is not None and small_sq is not None:
         noise.update(small_sq, grad_norm**2, loss)
