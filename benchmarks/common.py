@@ -20,7 +20,12 @@ from collections.abc import Iterator
 
 import torch
 
-from moescale.train.device import available_cores, choose_threads, keep_freed_memory
+from moescale.train.device import (
+    available_cores,
+    choose_threads,
+    cpu_model,
+    keep_freed_memory,
+)
 
 
 def add_machine_flags(parser: argparse.ArgumentParser) -> None:
@@ -60,19 +65,6 @@ def apply_threads(args: argparse.Namespace) -> str:
     torch.set_num_threads(choice.threads)
     args.allocator = keep_freed_memory()  # as the trainer does on CPU
     return choice.reason
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the architecture: the ratios differ between machines
-    (README, Measured speed)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(args: argparse.Namespace, threads_source: str) -> dict:

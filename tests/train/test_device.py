@@ -70,6 +70,13 @@ def test_peak_is_cached_only_when_measured_quiet(monkeypatch, tmp_path):
     monkeypatch.setattr(dev, "measure_peak_flops", lambda device: pytest.fail("re-measured"))
     cached = dev.device_peak_flops(cpu)
     assert cached.flops == 1.5e11 and cached.source.startswith("quiet measurement of")
+    for what, other in ((dev, "cpu_model"), (torch.backends.cpu, "get_cpu_capability")):
+        # the same host name, another CPU (a shared home directory): not this machine's peak
+        monkeypatch.setattr(dev, "_PEAK_CACHE", {})
+        monkeypatch.setattr(dev, "measure_peak_flops", lambda device: 9e10)
+        with monkeypatch.context() as m:
+            m.setattr(what, other, lambda: "another CPU")
+            assert dev.device_peak_flops(cpu).flops == 9e10
     monkeypatch.setenv("MOESCALE_PEAK_FLOPS", "7e10")
     assert dev.device_peak_flops(cpu) == dev.Peak(7e10, "$MOESCALE_PEAK_FLOPS")
 

@@ -261,11 +261,27 @@ class Peak:
 _PEAK_CACHE: dict[str, Peak] = {}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _machine_key(device: torch.device) -> str:
+    """What a cached peak is valid for. On CPU also the CPU's model and the kernels ATen picks
+    for it (AVX2, AVX512): a cache in a home directory shared by different nodes, or carried
+    into a container on another CPU, must not lend one machine's peak to another."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}|torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    return f"{platform.node()}|{cpu}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    isa = torch.backends.cpu.get_cpu_capability()
+    return (f"{platform.node()}|{cpu_model()}|{isa}|torch {torch.__version__}|"
+            f"{torch.get_num_threads()} threads")  # fmt: skip
 
 
 def _peak_file() -> Path:
