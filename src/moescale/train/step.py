@@ -180,10 +180,10 @@ def train_step(
     grad_norm = float(total)
     if not math.isfinite(grad_norm):
         raise NonFiniteError(f"non-finite gradient norm ({grad_norm})")
-    # clip_grad_norm_ multiplies every gradient by its coefficient clamped to 1, to spare a host
-    # sync that this step makes anyway: scale only when the coefficient (computed as it does)
-    # is below 1, sparing a pass over all gradients (10 against 16 ms for 27M parameters on the
-    # dev CPU; benchmarks/optimizer.py)
+    # torch's clip_grad_norm_ multiplies every gradient by the coefficient clamped to 1, which
+    # spares it a host sync; this step syncs for the norm anyway, so it scales only when the
+    # coefficient, computed as torch computes it, is below 1: a pass over all gradients saved
+    # (10 against 16 ms for 27M parameters on the dev CPU; benchmarks/optimizer.py)
     if float(max_norm / (total + 1e-6)) < 1.0:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
     small_sq = float(st.small_sq) if st.small_sq is not None else sync.local_grad_sq()
