@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
+import time
 from collections.abc import Iterator
 
 import torch
@@ -97,3 +98,29 @@ def paired_ratio(num: list[float], den: list[float]) -> dict[str, float]:
 
 def fmt_ratio(r: dict[str, float]) -> str:
     return f"{r['median']:.2f} [{r['q25']:.2f}-{r['q75']:.2f}]"
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(fns: dict, repeats: int, device: str) -> dict[str, list[float]]:
+    """ms per call in each round; implementations interleaved round by round to share the
+    noise. An implementation that fails (out of memory, say) is reported and left out."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name in list(times):
+            try:
+                sync(device)
+                t = time.perf_counter()
+                fns[name]()
+                sync(device)
+            except (RuntimeError, torch.OutOfMemoryError) as exc:
+                print(f"    ({name} failed here: {str(exc).splitlines()[0][:90]})")
+                del times[name]
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                continue
+            times[name].append((time.perf_counter() - t) * 1e3)
+    return {k: v[1:] for k, v in times.items()}

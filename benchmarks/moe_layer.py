@@ -28,7 +28,6 @@ import json
 import os
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from common import (  # noqa: E402
     busy_load,
     fmt_ratio,
     machine_info,
+    measure,
     paired_ratio,
 )
 
@@ -209,11 +209,6 @@ def batched_mm_too_big(args: argparse.Namespace, dtype: torch.dtype) -> str | No
     return f"needs {need / 1e9:.0f} GB, {have / 1e9:.0f} GB available" if need > have else None
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def step_fn(module, x, dy, add_batch_dim=False):
     """One forward+backward of `module` on leaf input x with a fixed random output gradient."""
 
@@ -226,27 +221,6 @@ def step_fn(module, x, dy, add_batch_dim=False):
         (y.reshape(dy.shape) * dy).sum().backward()
 
     return step
-
-
-def measure(fns: dict, repeats: int, device: str) -> dict[str, list[float]]:
-    """ms per call in each round; implementations interleaved round by round to share the
-    noise. An implementation that fails (out of memory, say) is reported and left out."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats + 1):  # the first round warms up
-        for name in list(times):
-            try:
-                sync(device)
-                t = time.perf_counter()
-                fns[name]()
-                sync(device)
-            except (RuntimeError, torch.OutOfMemoryError) as exc:
-                print(f"    ({name} failed here: {str(exc).splitlines()[0][:90]})")
-                del times[name]
-                if device.startswith("cuda"):
-                    torch.cuda.empty_cache()
-                continue
-            times[name].append((time.perf_counter() - t) * 1e3)
-    return {k: v[1:] for k, v in times.items()}
 
 
 def matmul_tflops(tokens: int, d_model: int, width: int, device, dtype, repeats: int) -> float:

@@ -15,7 +15,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from common import (  # noqa: E402
     busy_load,
     fmt_ratio,
     machine_info,
+    measure,
     paired_ratio,
 )
 from train_step import model_configs  # noqa: E402
@@ -35,6 +35,7 @@ from train_step import model_configs  # noqa: E402
 from moescale.config import TrainConfig  # noqa: E402
 from moescale.model import build_model  # noqa: E402
 from moescale.train.optim import build_optimizer, param_groups  # noqa: E402
+from moescale.train.step import clip_gradients  # noqa: E402
 
 ADAMW = {"fused": None, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
 
@@ -56,26 +57,10 @@ def adamw_steps(model: torch.nn.Module, t: TrainConfig) -> dict:
 
 def clip_steps(model: torch.nn.Module, max_norm: float) -> dict:
     params = list(model.parameters())
-
-    def ours() -> None:  # moescale.train.step.train_step's clipping
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-        if float(max_norm / (norm + 1e-6)) < 1.0:
-            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
-
-    def torch_clip() -> None:
-        float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
-
-    return {"clip ours": ours, "clip torch": torch_clip}
-
-
-def measure(fns: dict, repeats: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats + 1):  # the first round warms up
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t) * 1e3)
-    return {k: v[1:] for k, v in times.items()}
+    return {
+        "clip ours": lambda: clip_gradients(params, max_norm),  # train_step's
+        "clip torch": lambda: float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)),
+    }
 
 
 def main() -> None:
@@ -97,8 +82,8 @@ def main() -> None:
             n_params = sum(p.numel() for p in model.parameters())
             for p in model.parameters():  # |g| = 1e-3 * sqrt(n): below grad_clip 1.0
                 p.grad = torch.randn_like(p) * 1e-4
-            times = measure({**adamw_steps(model, t), **clip_steps(model, t.grad_clip)},
-                            args.repeats)  # fmt: skip
+            fns = {**adamw_steps(model, t), **clip_steps(model, t.grad_clip)}
+            times = measure(fns, args.repeats, "cpu")
             for name, ms in times.items():
                 ours = times["adamw fused" if name.startswith("adamw") else "clip ours"]
                 ratio = paired_ratio(ms, ours)

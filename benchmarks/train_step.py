@@ -37,6 +37,7 @@ from common import (  # noqa: E402
     fmt_ratio,
     machine_info,
     paired_ratio,
+    sync,
 )
 
 from moescale.accounting import count  # noqa: E402
@@ -61,11 +62,6 @@ def model_configs(args: argparse.Namespace) -> dict[str, ModelConfig]:
             d_ff=args.d_ff, moe=MoEConfig(experts=args.experts, top_k=k, granularity=8), **common
         ),  # fmt: skip
     }
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def make_step(cfg: ModelConfig, args: argparse.Namespace, device: torch.device):
@@ -123,10 +119,10 @@ def main() -> None:
                 step()
         for _ in range(args.repeats):
             for name, step in steps.items():
-                sync(device)
+                sync(str(device))
                 t = time.perf_counter()
                 step()
-                sync(device)
+                sync(str(device))
                 times[name].append(time.perf_counter() - t)
         load_after = os.getloadavg()
 

@@ -14,16 +14,17 @@ tolerance of 1e-5, and for the capacity case to the losses within 1 % (below).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from moescale.train.device import cpu_model
 from moescale.train.trainer import train
 
 from .conftest import tiny_config
@@ -56,17 +57,14 @@ CHAOTIC = {"moe_sigmoid_bias_capacity": 1e-2}
 
 def cpu_kind() -> str:
     """A short hash of the CPU's model name, instruction-set flags and core count."""
-    model = flags = ""
-    try:
+    flags = ""
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
+            if key.strip() == "flags":
                 flags = " ".join(sorted(value.split()))
-    except OSError:
-        model = platform.processor() or platform.machine()
-    return hashlib.sha256(f"{model}|{flags}|{os.cpu_count()}".encode()).hexdigest()[:12]
+                break
+    return hashlib.sha256(f"{cpu_model()}|{flags}|{os.cpu_count()}".encode()).hexdigest()[:12]
 
 
 def machine() -> dict[str, str]:

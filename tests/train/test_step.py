@@ -91,6 +91,17 @@ def test_clipping_matches_torch_clip_grad_norm(grad_clip):
         assert torch.equal(a, b), name
 
 
+def test_non_finite_gradient_norm_raises_with_gradients_untouched():
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))]
+    params[0].grad = torch.tensor([1.0, math.inf, 2.0])
+    params[1].grad = torch.tensor([5.0, 6.0])
+    before = [p.grad.clone() for p in params]
+    with pytest.raises(NonFiniteError, match="non-finite gradient norm"):
+        step_mod.clip_gradients(params, 1.0)
+    for p, b in zip(params, before, strict=True):
+        assert torch.equal(p.grad, b)
+
+
 def test_router_bias_moves_after_the_step():
     moe = MoEConfig(experts=4, top_k=1, granularity=2, router="sigmoid", bias_update_rate=0.1)
     model, opt, opts, x, y = setup(moe)

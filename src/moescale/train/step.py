@@ -149,6 +149,27 @@ def forward_backward(
     return st
 
 
+def clip_gradients(params: list[torch.Tensor], grad_clip: float) -> float:
+    """Scale the gradients to a global norm of `grad_clip` where it is exceeded (0: never);
+    return the norm before clipping. Raises NonFiniteError, gradients untouched, when that norm
+    is not finite.
+
+    torch's clip_grad_norm_ multiplies every gradient by the coefficient clamped to 1, which
+    spares it a host sync; the norm is read here anyway, so the gradients are scaled only when
+    the coefficient, computed as torch computes it, is below 1: a pass over all gradients saved
+    (10 against 16 ms for 27M parameters on the dev CPU; benchmarks/optimizer.py)."""
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None],
+                                         foreach=True)  # fmt: skip
+    total = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: all ranks'
+    grad_norm = float(total)
+    if not math.isfinite(grad_norm):
+        raise NonFiniteError(f"non-finite gradient norm ({grad_norm})")
+    if float(max_norm / (total + 1e-6)) < 1.0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+    return grad_norm
+
+
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -173,19 +194,7 @@ def train_step(
     if not math.isfinite(loss):
         raise NonFiniteError(f"non-finite loss ({loss})")
     sync.finish()
-    max_norm = opts.grad_clip if opts.grad_clip > 0 else float("inf")
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None],
-                                         foreach=True)  # fmt: skip
-    total = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-    grad_norm = float(total)
-    if not math.isfinite(grad_norm):
-        raise NonFiniteError(f"non-finite gradient norm ({grad_norm})")
-    # torch's clip_grad_norm_ multiplies every gradient by the coefficient clamped to 1, which
-    # spares it a host sync; this step syncs for the norm anyway, so it scales only when the
-    # coefficient, computed as torch computes it, is below 1: a pass over all gradients saved
-    # (10 against 16 ms for 27M parameters on the dev CPU; benchmarks/optimizer.py)
-    if float(max_norm / (total + 1e-6)) < 1.0:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+    grad_norm = clip_gradients(params, opts.grad_clip)
     small_sq = float(st.small_sq) if st.small_sq is not None else sync.local_grad_sq()
     if noise is not None and small_sq is not None:
         noise.update(small_sq, grad_norm**2, loss)
