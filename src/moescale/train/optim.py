@@ -120,7 +120,7 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig, device_type: str) ->
     import torch
 
     # fused: one vectorized pass over each tensor. PyTorch's CPU default is a Python loop of about
-    # ten ATen ops per tensor, each a pass over memory: 2.9x slower on the 27M-parameter MoE
+    # ten ATen ops per tensor, each a pass over memory: 2.8x slower on the 27M-parameter MoE
     # model of the benchmarks (51 against 17 ms a step; benchmarks/optimizer.py)
     return torch.optim.AdamW(
         param_groups(model, t.weight_decay),
