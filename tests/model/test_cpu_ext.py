@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from moescale.model import cpu_ext
-from moescale.model.experts import expert_forward
+from moescale.model.experts import _sort_slots, expert_forward
 
 from .test_experts import random_routing, rel_err, run_backend
 
@@ -144,4 +145,171 @@ def test_an_edited_source_or_flags_or_another_torch_never_load_an_old_build(monk
     edited_dir = cpu_ext.build_dir()
     assert edited_dir != before
     monkeypatch.setattr(cpu_ext, "CFLAGS", (*cpu_ext.CFLAGS, "-g"))
-    assert cpu_ext.build_dir() not in (before, edited_dir)
+    flagged_dir = cpu_ext.build_dir()
+    assert flagged_dir not in (before, edited_dir)
+    monkeypatch.setattr(cpu_ext, "OPENMP", () if cpu_ext.OPENMP else ("-fopenmp",))
+    assert cpu_ext.build_dir() not in (before, edited_dir, flagged_dir)
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler: the Python loop runs instead")
+@pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and torch.backends.openmp.is_available()),
+    reason="torch's threads are not GCC's OpenMP here: the kernels are built serial",
+)
+def test_kernels_run_on_torchs_threads_through_torchs_own_openmp(restore_threads):
+    """The activation kernels follow torch.set_num_threads, also to a count above the cores
+    (a second OpenMP runtime would keep its own default, the cores, and ignore the thread
+    policy), and only torch's libgomp is mapped. Without -fopenmp they all ran on one thread."""
+    if not cpu_ext._compiler_is_gcc():
+        pytest.skip("not GCC: the kernels are built serial (cpu_ext._build)")
+    ext = cpu_ext.get()
+    assert ext is not None
+    rows = 64 * 16  # 16 tasks of the kernels' grain
+    used = {}
+    for n in (1, 2, 3):
+        torch.set_num_threads(n)
+        used[n] = ext.parallel_threads(rows)
+    assert used == {1: 1, 2: 2, 3: 3}
+    assert ext.parallel_threads(64) == 1  # one grain: not worth a second thread
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    assert len({line.split()[-1] for line in maps if "libgomp" in line}) == 1
+
+
+@pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler: the Python loop runs instead")
+def test_fused_swiglu_gives_the_same_bits_on_any_number_of_threads(restore_threads):
+    ext = cpu_ext.get()
+    assert ext is not None
+    gen = torch.Generator().manual_seed(7)
+    rows, hidden = 1000, 48
+    ab, w = torch.randn(rows, 2 * hidden, generator=gen), torch.rand(rows, generator=gen)
+    dgw = torch.randn(rows, hidden, generator=gen)
+    outs = []
+    for n in (1, 3):
+        torch.set_num_threads(n)
+        g, gw, dab, dw = (torch.empty(rows, hidden), torch.empty(rows, hidden),
+                          torch.empty_like(ab), torch.empty(rows))  # fmt: skip
+        ext.swiglu_forward(ab, w, g)
+        ext.swiglu_backward(ab, w, dgw, gw, dab, dw)
+        outs.append((g, gw, dab, dw))
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_compiler_other_than_gcc_builds_the_kernels_without_openmp(monkeypatch, tmp_path):
+    """clang's -fopenmp would link its own runtime beside torch's libgomp."""
+    import torch.utils.cpp_extension
+
+    calls = []
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda *a, **kw: calls.append(kw))
+    monkeypatch.setattr(cpu_ext, "OPENMP", ("-fopenmp",))
+    for gcc in (False, True):
+        monkeypatch.setattr(cpu_ext, "_compiler_is_gcc", lambda gcc=gcc: gcc)
+        cpu_ext._build(tmp_path, "x")
+    assert [(c["extra_cflags"], c["extra_ldflags"]) for c in calls] == [
+        ([*cpu_ext.CFLAGS], []),
+        ([*cpu_ext.CFLAGS, "-fopenmp"], ["-fopenmp"]),
+    ]
+
+
+def test_compiler_check_tells_gcc_from_clang_and_from_none(monkeypatch, tmp_path):
+    for name, says in (("g++", "gcc version 12.2.0 (Debian 12.2.0-14)"),
+                       ("clang++", "clang version 18.1.0"),
+                       ("clang-gcc-compat", "clang version 18 ... gcc version 4.2.1 compatible")):
+        fake = tmp_path / name
+        fake.write_text(f"#!/bin/sh\necho '{says}' >&2\n")
+        fake.chmod(0o755)
+        monkeypatch.setenv("CXX", str(fake))
+        assert cpu_ext._compiler_is_gcc() == (name == "g++"), name
+    monkeypatch.setenv("CXX", str(tmp_path / "missing"))
+    assert not cpu_ext._compiler_is_gcc()
+
+
+def _sorted_inputs(G: int, tokens: int):
+    """Sorted slots as the C++ loop takes them: an expert starved at each end and one in the
+    middle, a tenth of the slots dropped, so blocks and thread ranges cross empty experts."""
+    gen = torch.Generator().manual_seed(100 + G)
+    n_exp, hid, k, d = 8 * G, 64 // G, 2 * G, 32
+    scores = torch.rand(tokens, n_exp, generator=gen)
+    scores[:, [0, n_exp // 2, n_exp - 1]] = -1.0
+    idx = scores.topk(k, dim=-1).indices
+    idx = torch.where(torch.rand(tokens, k, generator=gen) < 0.1, n_exp, idx)
+    order, tok, counts = _sort_slots(idx, n_exp)
+    w_M = torch.rand(tokens * k, generator=gen)[order].contiguous()
+    x = torch.randn(tokens, d, generator=gen)
+    w13 = torch.randn(n_exp, d, 2 * hid, generator=gen) * 0.2
+    w2 = torch.randn(n_exp, hid, d, generator=gen) * 0.2
+    return x, w_M, w13, w2, tok.contiguous(), counts.tolist()
+
+
+def _have_blocked(ext) -> bool:
+    return ext.blocked_forward_fits(torch.zeros(1, 8), torch.zeros(1, 4, 8), 1)
+
+
+@pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler: the Python loop runs instead")
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("G", [1, 4])
+def test_blocked_forward_matches_the_per_operation_loop(G: int, threads: int, restore_threads):
+    """The blocked float32 forward (per-thread slot ranges, cache-sized blocks, brgemm) against
+    the per-operation loop on fresh random routings: the output, the pre-activations backward
+    keeps, and the backward run from either. Autograd-level agreement with the reference
+    backend is tests/model/test_experts.py's (it runs the blocked forward at its sizes)."""
+    ext = cpu_ext.get()
+    assert ext is not None
+    if not _have_blocked(ext):
+        pytest.skip("this torch has no float32 brgemm: the per-operation loop runs")
+    torch.set_num_threads(threads)
+    x, w_M, w13, w2, tok, counts = _sorted_inputs(G, tokens=1000)
+    assert len(tok) > 10 * 128  # several blocks per thread
+    y_blk, ab_blk = ext.experts_forward(x, w_M, w13, w2, tok, counts, blocked=1)
+    y_ops, ab_ops = ext.experts_forward(x, w_M, w13, w2, tok, counts, blocked=0)
+    assert rel_err(y_blk, y_ops) < 1e-6 and rel_err(ab_blk, ab_ops) < 1e-6
+    dy = torch.randn(y_ops.shape, generator=torch.Generator().manual_seed(5))
+    g_blk = ext.experts_backward(dy, x, w_M, w13, w2, tok, ab_blk, counts)
+    g_ops = ext.experts_backward(dy, x, w_M, w13, w2, tok, ab_ops, counts)
+    for a, b in zip(g_blk, g_ops, strict=True):
+        assert rel_err(a, b) < 1e-5
+
+
+@pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler: the Python loop runs instead")
+def test_blocked_forward_is_picked_for_small_float32_experts_only():
+    ext = cpu_ext.get()
+    assert ext is not None
+    if not _have_blocked(ext):
+        pytest.skip("this torch has no float32 brgemm: the per-operation loop runs")
+    x, w2_g8 = torch.zeros(8192, 256), torch.zeros(64, 128, 256)  # d_ff 1024 at G 8
+    assert ext.blocked_forward_fits(x, w2_g8, 131072)
+    assert not ext.blocked_forward_fits(x, torch.zeros(8, 1024, 256), 16384)  # G 1: 3 MB
+    assert not ext.blocked_forward_fits(x.double(), w2_g8.double(), 131072)
+    huge = torch.empty(2**20, 256)  # a private 1 GB output per thread
+    assert not ext.blocked_forward_fits(huge, w2_g8, 2**24)
+    x64, w_M, w13, w2, tok, counts = _sorted_inputs(2, tokens=50)
+    with pytest.raises(RuntimeError, match="needs float32"):
+        ext.experts_forward(x64.double(), w_M.double(), w13.double(), w2.double(), tok, counts,
+                            blocked=1)  # fmt: skip
+
+
+@pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler: the Python loop runs instead")
+def test_expert_loop_refuses_indices_and_weights_that_do_not_fit():
+    """The loops index rows by hand: a bad token index or mismatched weights must raise, not
+    read or write outside the tensors."""
+    ext = cpu_ext.get()
+    assert ext is not None
+    x, w_M, w13, w2, tok, counts = _sorted_inputs(2, tokens=50)
+    bad = tok.clone()
+    bad[-1] = len(x)
+    for blocked in (0, 1) if _have_blocked(ext) else (0,):
+        with pytest.raises(RuntimeError, match=r"token indices must lie in \[0, 50\)"):
+            ext.experts_forward(x, w_M, w13, w2, bad, counts, blocked=blocked)
+        with pytest.raises(RuntimeError, match="do not fit"):
+            ext.experts_forward(x, w_M, w13[:, :-1].contiguous(), w2, tok, counts, blocked=blocked)
+        with pytest.raises(RuntimeError, match="one routing weight per kept slot"):
+            ext.experts_forward(x, w_M[:-1], w13, w2, tok, counts, blocked=blocked)
+    with pytest.raises(RuntimeError, match="blocked must be -1"):
+        ext.experts_forward(x, w_M, w13, w2, tok, counts, blocked=2)

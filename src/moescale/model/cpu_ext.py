@@ -7,6 +7,22 @@ the same ATen calls; the SwiGLU activation, its gradient and the routing weights
 pass each way (ATen took three forward and eight backward), worth 5-6 % of the layer at d_model
 256 with two threads and 11-14 % with one (README, Measured speed). Its float32 exp is its own
 (vectorized; within 2.5 ulp of float64 silu, tests/model/test_cpu_ext.py); float64 uses libm.
+Where an expert's weights fit a core's L2 (float32, 3 * d_model * d_ff/G * 4 bytes <= 2 MiB)
+the forward is blocked instead: each thread runs its share of the sorted slots in blocks of 128
+rows, gather to scatter-add, with oneDNN's small-matrix kernel (ATen's cpublas::brgemm). At G 8
+it took the layer's forward from 104 to 85 ms on two threads (README, Measured speed); the
+backward stays per operation (a blocked one was slower: its weight gradients need transposed
+blocks).
+
+Its own loops (the activation passes, the blocked forward) use torch's intra-op threads through
+ATen's parallel_for,
+a header template that is serial unless the extension is compiled with OpenMP, and that must
+then bind to the OpenMP runtime torch itself loaded, or torch.set_num_threads (the thread
+policy of train/device.py) would not reach it. Linux wheels of torch run on GCC's libgomp, and
+a GCC build with -fopenmp links `libgomp.so.1`, which the loader resolves to the copy torch
+already loaded: one runtime, one thread count. Elsewhere (another compiler, or a torch without
+OpenMP) the kernels are built serial, as they all were before 2026-11-25: they then took 52 ms
+of a 368 ms fine-grained layer on one of two idle cores (README, Measured speed).
 
 The first process that needs it compiles it with torch.utils.cpp_extension (a C++ compiler and
 ninja; about 25 s here) into the moescale cache, under a name that carries the hash of the source
@@ -22,6 +38,8 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -35,12 +53,16 @@ SOURCE = Path(__file__).parent / "csrc" / "experts_cpu.cpp"
 # no trapping math: a float-to-int conversion that may raise FE_INVALID otherwise keeps the
 # compiler from vectorizing the float32 exp (nothing here reads floating-point exceptions)
 CFLAGS = ("-O3", "-fno-trapping-math")
+# ATen's parallel_for in the extension needs OpenMP where torch uses it (module doc); a
+# compiler other than GCC drops the flag at build time (_build)
+_TORCH_GOMP = sys.platform.startswith("linux") and torch.backends.openmp.is_available()
+OPENMP = ("-fopenmp",) if _TORCH_GOMP else ()
 _loaded: ModuleType | None = None
 _failed = False
 
 
 def _name() -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode())
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS + OPENMP).encode())
     return "moescale_experts_cpu_" + digest.hexdigest()[:12]
 
 
@@ -64,7 +86,24 @@ def _build(directory: Path, name: str) -> ModuleType:
 
     logger.info("building the C++ CPU expert loop once for this machine (about 25 s) in %s",
                 directory)  # fmt: skip
-    return load(name, [str(SOURCE)], extra_cflags=list(CFLAGS), build_directory=str(directory))
+    openmp = list(OPENMP)
+    if openmp and not _compiler_is_gcc():
+        logger.info("the C++ compiler is not GCC: the expert loop's activation kernels are "
+                    "built serial (its OpenMP would not follow torch's threads)")  # fmt: skip
+        openmp = []
+    return load(name, [str(SOURCE)], extra_cflags=[*CFLAGS, *openmp], extra_ldflags=openmp,
+                build_directory=str(directory))  # fmt: skip
+
+
+def _compiler_is_gcc() -> bool:
+    """Whether the compiler cpp_extension will call ($CXX, else c++) is GCC, whose -fopenmp
+    links the libgomp that Linux wheels of torch load (clang's would link a second runtime)."""
+    try:
+        out = subprocess.run([os.environ.get("CXX", "c++"), "-v"], capture_output=True,
+                             text=True, env={**os.environ, "LC_ALL": "C"}, timeout=30)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "gcc version" in out.stderr and "clang" not in out.stderr
 
 
 def get() -> ModuleType | None:
