@@ -263,7 +263,7 @@ def test_blocked_forward_matches_the_per_operation_loop(G: int, threads: int, re
     ext = cpu_ext.get()
     assert ext is not None
     if not _have_blocked(ext):
-        pytest.skip("this torch has no float32 brgemm: the per-operation loop runs")
+        pytest.skip("no float32 brgemm here (or not x86-64): the per-operation loop runs")
     torch.set_num_threads(threads)
     x, w_M, w13, w2, tok, counts = _sorted_inputs(G, tokens=1000)
     assert len(tok) > 10 * 128  # several blocks per thread
@@ -282,7 +282,7 @@ def test_blocked_forward_is_picked_for_small_float32_experts_only():
     ext = cpu_ext.get()
     assert ext is not None
     if not _have_blocked(ext):
-        pytest.skip("this torch has no float32 brgemm: the per-operation loop runs")
+        pytest.skip("no float32 brgemm here (or not x86-64): the per-operation loop runs")
     x, w2_g8 = torch.zeros(8192, 256), torch.zeros(64, 128, 256)  # d_ff 1024 at G 8
     assert ext.blocked_forward_fits(x, w2_g8, 131072)
     assert not ext.blocked_forward_fits(x, torch.zeros(8, 1024, 256), 16384)  # G 1: 3 MB

@@ -238,7 +238,12 @@ void check_shapes(const Tensor& x_TD, const Tensor& w_M, const Tensor& w13_XDH,
   }
 }
 
-#ifdef CPUBLAS_BRGEMM_F32F32F32  // torch's float32 brgemm; without it the per-operation loop runs
+// torch's float32 brgemm, on x86-64 where it was measured (oneDNN's kernel; elsewhere ATen
+// falls back to a BLAS call per block); without it the per-operation loop runs
+#if defined(CPUBLAS_BRGEMM_F32F32F32) && defined(__x86_64__)
+#define MOESCALE_BLOCKED 1
+#endif
+#ifdef MOESCALE_BLOCKED
 constexpr bool kHaveBlocked = true;
 #else
 constexpr bool kHaveBlocked = false;
@@ -258,7 +263,7 @@ MOESCALE_CLONES void add_row(float* __restrict__ dst, const float* __restrict__ 
 // C = A @ B, row-major, A m x k, B k x n with row stride ldb, C m x n with row stride ldc
 void block_mm(int64_t m, int64_t n, int64_t k, const float* A, const float* B, int64_t ldb,
               float* C) {
-#ifdef CPUBLAS_BRGEMM_F32F32F32
+#ifdef MOESCALE_BLOCKED
   for (int64_t n0 = 0; n0 < n; n0 += kBlockCols) {
     const int64_t nb = std::min(kBlockCols, n - n0);
     at::native::cpublas::brgemm(m, nb, k, k, ldb, ldb, false, A, B + n0, C + n0, false);
@@ -318,7 +323,7 @@ std::vector<Tensor> experts_forward_blocked(const Tensor& x_TD, const Tensor& w_
         s += rows;
       }
     }
-#ifdef CPUBLAS_BRGEMM_F32F32F32
+#ifdef MOESCALE_BLOCKED
     at::native::cpublas::brgemm_release(false);
 #endif
   });
