@@ -8,21 +8,21 @@ pass each way (ATen took three forward and eight backward), worth 5-6 % of the l
 256 with two threads and 11-14 % with one (README, Measured speed). Its float32 exp is its own
 (vectorized; within 2.5 ulp of float64 silu, tests/model/test_cpu_ext.py); float64 uses libm.
 Where an expert's weights fit a core's L2 (float32, 3 * d_model * d_ff/G * 4 bytes <= 2 MiB;
-x86-64, where it was measured) the forward is blocked instead: each thread runs its share of the sorted slots in blocks of 128
-rows, gather to scatter-add, with oneDNN's small-matrix kernel (ATen's cpublas::brgemm). At G 8
-it took the layer's forward from 104 to 85 ms on two threads (README, Measured speed); the
-backward stays per operation (a blocked one was slower: its weight gradients need transposed
-blocks).
+x86-64, where it was measured) the forward is blocked instead: each thread runs its share of the
+sorted slots in blocks of 128 rows, gather to scatter-add, with oneDNN's small-matrix kernel
+(ATen's cpublas::brgemm). At G 8 it took the layer's forward from 104 to 85 ms on two threads
+(README, Measured speed); the backward stays per operation (a blocked one was slower: its weight
+gradients need transposed blocks).
 
 Its own loops (the activation passes, the blocked forward) use torch's intra-op threads through
-ATen's parallel_for,
-a header template that is serial unless the extension is compiled with OpenMP, and that must
-then bind to the OpenMP runtime torch itself loaded, or torch.set_num_threads (the thread
-policy of train/device.py) would not reach it. Linux wheels of torch run on GCC's libgomp, and
-a GCC build with -fopenmp links `libgomp.so.1`, which the loader resolves to the copy torch
-already loaded: one runtime, one thread count. Elsewhere (another compiler, or a torch without
-OpenMP) the kernels are built serial, as they all were before 2026-11-25: they then took 52 ms
-of a 368 ms fine-grained layer on one of two idle cores (README, Measured speed).
+ATen's parallel_for, a header template that is serial unless the extension is compiled with
+OpenMP, and that must then bind to the OpenMP runtime torch itself loaded, or
+torch.set_num_threads (the thread policy of train/device.py) would not reach it. Linux wheels of
+torch run on GCC's libgomp, and a GCC build with -fopenmp links `libgomp.so.1`, which the loader
+resolves to the copy torch already loaded: one runtime, one thread count. Elsewhere (another
+compiler, or a torch without OpenMP) these loops are built serial, as they all were before
+2026-11-25 (the activation passes then took 52 ms of a 368 ms fine-grained layer on one of two
+idle cores; README, Measured speed): the same results, slower.
 
 The first process that needs it compiles it with torch.utils.cpp_extension (a C++ compiler and
 ninja; about 25 s here) into the moescale cache, under a name that carries the hash of the source

@@ -292,7 +292,8 @@ bool blocked_fits(const Tensor& x_TD, const Tensor& w2_XFD, int64_t M) {
 // bit for bit, across thread counts (as with MKL's threaded matmuls in the per-operation loop).
 std::vector<Tensor> experts_forward_blocked(const Tensor& x_TD, const Tensor& w_M,
                                             const Tensor& w13_XDH, const Tensor& w2_XFD,
-                                            const Tensor& tok_M, const std::vector<int64_t>& starts) {
+                                            const Tensor& tok_M,
+                                            const std::vector<int64_t>& starts) {
   const int64_t T = x_TD.size(0), D = x_TD.size(1), F = w2_XFD.size(1), M = tok_M.size(0);
   const int64_t H = 2 * F, P = blocked_threads(M);
   Tensor ab_MH = at::empty({M, H}, x_TD.options());
