@@ -212,10 +212,30 @@ def test_a_compiler_other_than_gcc_builds_the_kernels_without_openmp(monkeypatch
     for gcc in (False, True):
         monkeypatch.setattr(cpu_ext, "_compiler_is_gcc", lambda gcc=gcc: gcc)
         cpu_ext._build(tmp_path, "x")
-    assert [(c["extra_cflags"], c["extra_ldflags"]) for c in calls] == [
-        ([*cpu_ext.CFLAGS], []),
+    assert [(c["extra_cflags"], c.get("extra_ldflags")) for c in calls] == [
+        ([*cpu_ext.CFLAGS], None),
         ([*cpu_ext.CFLAGS, "-fopenmp"], ["-fopenmp"]),
     ]
+
+
+def test_a_failed_openmp_build_falls_back_to_serial_loops(monkeypatch, tmp_path, caplog):
+    import torch.utils.cpp_extension
+
+    calls = []
+
+    def load(*args, **kw):
+        calls.append(kw["extra_cflags"])
+        if "-fopenmp" in kw["extra_cflags"]:
+            raise RuntimeError("Error building extension\n/usr/bin/ld: cannot find -lgomp")
+        return "serial module"
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", load)
+    monkeypatch.setattr(cpu_ext, "OPENMP", ("-fopenmp",))
+    monkeypatch.setattr(cpu_ext, "_compiler_is_gcc", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="moescale.model.cpu_ext"):
+        assert cpu_ext._build(tmp_path, "x") == "serial module"
+    assert calls == [[*cpu_ext.CFLAGS, "-fopenmp"], [*cpu_ext.CFLAGS]]
+    assert "cannot find -lgomp" in caplog.text
 
 
 def test_compiler_check_tells_gcc_from_clang_and_from_none(monkeypatch, tmp_path):

@@ -88,11 +88,18 @@ def _build(directory: Path, name: str) -> ModuleType:
                 directory)  # fmt: skip
     openmp = list(OPENMP)
     if openmp and not _compiler_is_gcc():
-        logger.info("the C++ compiler is not GCC: the expert loop's activation kernels are "
+        logger.info("the C++ compiler is not GCC: the expert loop's own parallel loops are "
                     "built serial (its OpenMP would not follow torch's threads)")  # fmt: skip
         openmp = []
-    return load(name, [str(SOURCE)], extra_cflags=[*CFLAGS, *openmp], extra_ldflags=openmp,
-                build_directory=str(directory))  # fmt: skip
+    if openmp:
+        try:
+            return load(name, [str(SOURCE)], extra_cflags=[*CFLAGS, *openmp],
+                        extra_ldflags=openmp, build_directory=str(directory))  # fmt: skip
+        except Exception as exc:  # a GCC without libgomp: serial loops beat the Python loop
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+            logger.warning("building the C++ expert loop with OpenMP failed (%s); building it "
+                           "with serial loops", reason)  # fmt: skip
+    return load(name, [str(SOURCE)], extra_cflags=list(CFLAGS), build_directory=str(directory))
 
 
 def _compiler_is_gcc() -> bool:
