@@ -269,17 +269,18 @@ def _sorted_inputs(G: int, tokens: int):
 
 
 def _have_blocked(ext) -> bool:
-    return ext.blocked_forward_fits(torch.zeros(1, 8), torch.zeros(1, 4, 8), 1)
+    return ext.blocked_fits(torch.zeros(1, 8), torch.zeros(1, 4, 8), 1, False)
 
 
 @pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler: the Python loop runs instead")
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("G", [1, 4])
-def test_blocked_forward_matches_the_per_operation_loop(G: int, threads: int, restore_threads):
-    """The blocked float32 forward (per-thread slot ranges, cache-sized blocks, brgemm) against
-    the per-operation loop on fresh random routings: the output, the pre-activations backward
-    keeps, and the backward run from either. Autograd-level agreement with the reference
-    backend is tests/model/test_experts.py's (it runs the blocked forward at its sizes)."""
+def test_blocked_loop_matches_the_per_operation_loop(G: int, threads: int, restore_threads):
+    """The blocked float32 forward (per-thread slot ranges, cache-sized blocks, brgemm) and
+    backward (per-thread expert ranges) against the per-operation loop on fresh random
+    routings: the output, the pre-activations backward keeps, and all four gradients.
+    Autograd-level agreement with the reference backend is tests/model/test_experts.py's (it
+    runs the blocked loop at its sizes)."""
     ext = cpu_ext.get()
     assert ext is not None
     if not _have_blocked(ext):
@@ -291,24 +292,30 @@ def test_blocked_forward_matches_the_per_operation_loop(G: int, threads: int, re
     y_ops, ab_ops = ext.experts_forward(x, w_M, w13, w2, tok, counts, blocked=0)
     assert rel_err(y_blk, y_ops) < 1e-6 and rel_err(ab_blk, ab_ops) < 1e-6
     dy = torch.randn(y_ops.shape, generator=torch.Generator().manual_seed(5))
-    g_blk = ext.experts_backward(dy, x, w_M, w13, w2, tok, ab_blk, counts)
-    g_ops = ext.experts_backward(dy, x, w_M, w13, w2, tok, ab_ops, counts)
-    for a, b in zip(g_blk, g_ops, strict=True):
+    g_blk = ext.experts_backward(dy, x, w_M, w13, w2, tok, ab_blk, counts, blocked=1)
+    g_ops = ext.experts_backward(dy, x, w_M, w13, w2, tok, ab_ops, counts, blocked=0)
+    for a, b in zip(g_blk, g_ops, strict=True):  # dx, dw, dw13, dw2
         assert rel_err(a, b) < 1e-5
+    starved = [e for e, n in enumerate(counts) if n == 0]
+    assert starved and (g_blk[2][starved] == 0).all() and (g_blk[3][starved] == 0).all()
 
 
 @pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler: the Python loop runs instead")
-def test_blocked_forward_is_picked_for_small_float32_experts_only():
+def test_blocked_loop_is_picked_for_small_float32_experts_only():
     ext = cpu_ext.get()
     assert ext is not None
     if not _have_blocked(ext):
         pytest.skip("no float32 brgemm here (or not x86-64): the per-operation loop runs")
-    x, w2_g8 = torch.zeros(8192, 256), torch.zeros(64, 128, 256)  # d_ff 1024 at G 8
-    assert ext.blocked_forward_fits(x, w2_g8, 131072)
-    assert not ext.blocked_forward_fits(x, torch.zeros(8, 1024, 256), 16384)  # G 1: 3 MB
-    assert not ext.blocked_forward_fits(x.double(), w2_g8.double(), 131072)
+    x = torch.zeros(8192, 256)
+    w2_g = {g: torch.zeros(8 * g, 1024 // g, 256) for g in (1, 2, 8)}  # d_ff 1024 at G g
+    fits = {(g, bwd): ext.blocked_fits(x, w2, 16384 * g, bwd)
+            for g, w2 in w2_g.items() for bwd in (False, True)}  # fmt: skip
+    # forward from G 2 (1.5 MB of weights an expert), backward from G 4 (README, Measured speed)
+    assert fits == {(1, False): False, (1, True): False, (2, False): True, (2, True): False,
+                    (8, False): True, (8, True): True}  # fmt: skip
+    assert not ext.blocked_fits(x.double(), w2_g[8].double(), 131072, False)
     huge = torch.empty(2**20, 256)  # a private 1 GB output per thread
-    assert not ext.blocked_forward_fits(huge, w2_g8, 2**24)
+    assert not ext.blocked_fits(huge, w2_g[8], 2**24, False)
     x64, w_M, w13, w2, tok, counts = _sorted_inputs(2, tokens=50)
     with pytest.raises(RuntimeError, match="needs float32"):
         ext.experts_forward(x64.double(), w_M.double(), w13.double(), w2.double(), tok, counts,

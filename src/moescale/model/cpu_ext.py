@@ -7,12 +7,12 @@ the same ATen calls; the SwiGLU activation, its gradient and the routing weights
 pass each way (ATen took three forward and eight backward), worth 5-6 % of the layer at d_model
 256 with two threads and 11-14 % with one (README, Measured speed). Its float32 exp is its own
 (vectorized; within 2.5 ulp of float64 silu, tests/model/test_cpu_ext.py); float64 uses libm.
-Where an expert's weights fit a core's L2 (float32, 3 * d_model * d_ff/G * 4 bytes <= 2 MiB;
-x86-64, where it was measured) the forward is blocked instead: each thread runs its share of the
-sorted slots in blocks of 128 rows, gather to scatter-add, with oneDNN's small-matrix kernel
-(ATen's cpublas::brgemm). At G 8 it took the layer's forward from 104 to 85 ms on two threads
-(README, Measured speed); the backward stays per operation (a blocked one was slower: its weight
-gradients need transposed blocks).
+Where an expert's weights fit a core's L2 (float32, 3 * d_model * d_ff/G * 4 bytes <= 2 MiB
+forward, 1 MiB backward; x86-64, where it was measured) the loop is blocked instead: each thread
+runs its share of the sorted slots (forward) or of the experts (backward) in blocks of 128 rows,
+gather to scatter-add, with oneDNN's small-matrix kernel (ATen's cpublas::brgemm). At G 8 on two
+threads it took the layer's forward from 104 to 85 ms and its backward from 208 to 197 ms
+(README, Measured speed).
 
 Its own loops (the activation passes, the blocked forward) use torch's intra-op threads through
 ATen's parallel_for, a header template that is serial unless the extension is compiled with

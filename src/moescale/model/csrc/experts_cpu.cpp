@@ -7,11 +7,12 @@
 // expert; tok_M[s] is the token of sorted slot s and counts[e] the slots of expert e. Legend as
 // in experts.py: T tokens, D d_model, M kept slots, F expert hidden, H = 2F (gate and up packed).
 //
-// Small float32 experts run a blocked forward instead (experts_forward_blocked): each thread takes
-// its share of the sorted slots and runs them in blocks of kBlockRows rows through gather,
-// matmul, activation, matmul and scatter-add while the block is in cache, calling oneDNN's
+// Small float32 experts run blocked loops instead (experts_forward_blocked and
+// experts_backward_blocked): each thread takes its share of the sorted slots (forward) or of the
+// experts (backward, so that it owns their weight gradients) and runs them in blocks of
+// kBlockRows rows, gather to scatter-add, while the block is in cache, calling oneDNN's
 // single-threaded small-matrix kernel (ATen's cpublas::brgemm). Per-operation ATen calls copy
-// each expert's k*G-fold rows through memory twice and split every small matmul across threads.
+// each expert's k*G-fold rows through memory and split every small matmul across threads.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -251,9 +252,12 @@ constexpr bool kHaveBlocked = false;
 constexpr int64_t kBlockRows = 128;  // slots per block: 64-256 measured within 2 % at G 4-8
 constexpr int64_t kBlockCols = 256;  // brgemm ran G 1's 2F = 2048 columns 1.45x slower whole
 // above these, the per-operation loop: an expert whose weights do not stay in a core's L2
-// between blocks (G 1 at d_model 256, d_ff 1024: 3 MB, 3 % slower blocked), and private
-// output buffers (one T x D per thread) that would take too much memory
-constexpr int64_t kBlockedWeightBytes = 2 << 20;
+// between blocks, and private output buffers (one T x D per thread) that would take too much
+// memory. Measured at d_model 256, d_ff 1024, 2 threads: the blocked forward was 3 % slower at
+// G 1 (3 MB of weights per expert) and faster from G 2 (1.5 MB); the blocked backward 6 %
+// slower at G 2 and 3-5 % faster at G 4 and 8 (768 and 384 kB).
+constexpr int64_t kBlockedForwardWeightBytes = 2 << 20;
+constexpr int64_t kBlockedBackwardWeightBytes = 1 << 20;
 constexpr int64_t kBlockedOutputBytes = 256 << 20;
 
 MOESCALE_CLONES void add_row(float* __restrict__ dst, const float* __restrict__ src, int64_t n) {
@@ -273,16 +277,33 @@ void block_mm(int64_t m, int64_t n, int64_t k, const float* A, const float* B, i
 #endif
 }
 
+// C (m x n, row stride n) = A (m x k) @ B (k x n, row stride n), or C += A @ B: the rows of A
+// are the reduction here (a weight gradient over a block's slots), so k is the block's rows
+void block_mm_acc(int64_t m, int64_t n, int64_t k, const float* A, const float* B, int64_t ldb,
+                  float* C, bool accumulate) {
+#ifdef MOESCALE_BLOCKED
+  for (int64_t n0 = 0; n0 < n; n0 += kBlockCols) {
+    const int64_t nb = std::min(kBlockCols, n - n0);
+    at::native::cpublas::brgemm(m, nb, k, k, ldb, ldb, accumulate, A, B + n0, C + n0, false);
+  }
+#else
+  TORCH_CHECK(false, "this torch has no float32 brgemm");
+#endif
+}
+
 int64_t blocked_threads(int64_t M) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
                                                 (M + kBlockRows - 1) / kBlockRows));
 }
 
-bool blocked_fits(const Tensor& x_TD, const Tensor& w2_XFD, int64_t M) {
+bool blocked_fits(const Tensor& x_TD, const Tensor& w2_XFD, int64_t M, bool backward) {
   const int64_t T = x_TD.size(0), D = x_TD.size(1), F = w2_XFD.size(1);
   const int64_t weight_bytes = 3 * D * F * static_cast<int64_t>(sizeof(float));
-  const int64_t output_bytes = blocked_threads(M) * T * D * static_cast<int64_t>(sizeof(float));
-  return kHaveBlocked && x_TD.scalar_type() == at::kFloat && weight_bytes <= kBlockedWeightBytes &&
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());  // backward's P <= this
+  const int64_t output_bytes = std::min(blocked_threads(M), threads) * T * D *
+                               static_cast<int64_t>(sizeof(float));
+  const int64_t most = backward ? kBlockedBackwardWeightBytes : kBlockedForwardWeightBytes;
+  return kHaveBlocked && x_TD.scalar_type() == at::kFloat && weight_bytes <= most &&
          output_bytes <= kBlockedOutputBytes;
 }
 
@@ -337,6 +358,113 @@ std::vector<Tensor> experts_forward_blocked(const Tensor& x_TD, const Tensor& w_
   return {y_PTD[0], ab_MH};
 }
 
+// src (rows x cols) into dst (cols x rows) in 16 x 16 tiles: a plain double loop writes dst a
+// column at a time, a cache line per element, and made the blocked backward slower than the
+// per-operation one (58 against 14 ms at G 8)
+void transpose_into(const float* src, float* dst, int64_t rows, int64_t cols) {
+  constexpr int64_t B = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += B) {
+    for (int64_t c0 = 0; c0 < cols; c0 += B) {
+      const int64_t r1 = std::min(rows, r0 + B), c1 = std::min(cols, c0 + B);
+      float tile[B][B];
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t c = c0; c < c1; ++c) tile[c - c0][r - r0] = src[r * cols + c];
+      }
+      for (int64_t c = c0; c < c1; ++c) {
+        std::memcpy(dst + c * rows + r0, tile[c - c0], sizeof(float) * (r1 - r0));
+      }
+    }
+  }
+}
+
+// Contiguous expert ranges, one per thread, cut where the running slot count passes p/P of all:
+// a thread owns its experts' weight gradients, so none is shared
+std::vector<int64_t> split_experts(const std::vector<int64_t>& starts, int64_t P) {
+  const int64_t X = static_cast<int64_t>(starts.size()) - 1, M = starts.back();
+  std::vector<int64_t> cut(P + 1, X);
+  cut[0] = 0;
+  int64_t e = 0;
+  for (int64_t p = 1; p < P; ++p) {
+    const int64_t target = M * p / P;
+    while (e < X && starts[e + 1] <= target) ++e;
+    if (e < X && starts[e + 1] - target < target - starts[e]) ++e;  // the nearer boundary
+    cut[p] = std::max(e, cut[p - 1]);
+  }
+  return cut;
+}
+
+// The backward of experts_forward_blocked, in the same blocks, but over expert ranges (a thread
+// owns the weight gradients of its experts). brgemm takes no transposed operands: each expert's
+// w2 and w13 are transposed once into thread buffers, and each block's inputs and weighted
+// activations once, in cache; the weight gradients accumulate block by block.
+std::vector<Tensor> experts_backward_blocked(const Tensor& dy_TD, const Tensor& x_TD,
+                                             const Tensor& w_M, const Tensor& w13_XDH,
+                                             const Tensor& w2_XFD, const Tensor& tok_M,
+                                             const Tensor& ab_MH,
+                                             const std::vector<int64_t>& starts) {
+  const int64_t T = x_TD.size(0), D = x_TD.size(1), F = w2_XFD.size(1), H = 2 * F;
+  const int64_t X = static_cast<int64_t>(starts.size()) - 1;
+  const int64_t P = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), X));
+  const auto cut = split_experts(starts, P);
+  Tensor dw_M = at::empty_like(w_M), dw13 = at::empty_like(w13_XDH);
+  Tensor dw2 = at::empty_like(w2_XFD);
+  std::vector<Tensor> dx_PTD(P);
+  for (auto& dx : dx_PTD) dx = at::empty({T, D}, x_TD.options());
+  const float *x = x_TD.data_ptr<float>(), *dy = dy_TD.data_ptr<float>();
+  const float *w = w_M.data_ptr<float>(), *ab_all = ab_MH.data_ptr<float>();
+  const float *w13 = w13_XDH.data_ptr<float>(), *w2 = w2_XFD.data_ptr<float>();
+  const int64_t* tok = tok_M.data_ptr<int64_t>();
+  float *dw_all = dw_M.data_ptr<float>(), *dw13_all = dw13.data_ptr<float>();
+  float* dw2_all = dw2.data_ptr<float>();
+  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+    constexpr int64_t R = kBlockRows;
+    std::vector<float> w2t_DF(D * F), w13t_HD(H * D), x_BD(R * D), xt_DB(D * R), dy_BD(R * D),
+        dgw_BF(R * F), gw_BF(R * F), gwt_FB(F * R), dab_BH(R * H), dx_BD(R * D), prod(F);
+    for (int64_t p = p0; p < p1; ++p) {
+      float* dx = dx_PTD[p].data_ptr<float>();
+      std::memset(dx, 0, sizeof(float) * T * D);
+      for (int64_t e = cut[p]; e < cut[p + 1]; ++e) {
+        float *dw13_e = dw13_all + e * D * H, *dw2_e = dw2_all + e * F * D;
+        if (starts[e + 1] == starts[e]) {
+          std::memset(dw13_e, 0, sizeof(float) * D * H);
+          std::memset(dw2_e, 0, sizeof(float) * F * D);
+          continue;
+        }
+        transpose_into(w2 + e * F * D, w2t_DF.data(), F, D);
+        transpose_into(w13 + e * D * H, w13t_HD.data(), D, H);
+        for (int64_t s = starts[e]; s < starts[e + 1];) {
+          const int64_t rows = std::min(R, starts[e + 1] - s);
+          const bool accumulate = s != starts[e];
+          for (int64_t r = 0; r < rows; ++r) {
+            std::memcpy(&x_BD[r * D], x + tok[s + r] * D, sizeof(float) * D);
+            std::memcpy(&dy_BD[r * D], dy + tok[s + r] * D, sizeof(float) * D);
+          }
+          block_mm(rows, F, D, dy_BD.data(), w2t_DF.data(), F, dgw_BF.data());
+          swiglu_bwd(ab_all + s * H, w + s, dgw_BF.data(), gw_BF.data(), dab_BH.data(),
+                     dw_all + s, prod.data(), F, 0, rows);
+          transpose_into(gw_BF.data(), gwt_FB.data(), rows, F);
+          block_mm_acc(F, D, rows, gwt_FB.data(), dy_BD.data(), D, dw2_e, accumulate);
+          transpose_into(x_BD.data(), xt_DB.data(), rows, D);
+          block_mm_acc(D, H, rows, xt_DB.data(), dab_BH.data(), H, dw13_e, accumulate);
+          block_mm(rows, D, H, dab_BH.data(), w13t_HD.data(), D, dx_BD.data());
+          for (int64_t r = 0; r < rows; ++r) add_row(dx + tok[s + r] * D, &dx_BD[r * D], D);
+          s += rows;
+        }
+      }
+    }
+#ifdef MOESCALE_BLOCKED
+    at::native::cpublas::brgemm_release(false);
+#endif
+  });
+  float* dx0 = dx_PTD[0].data_ptr<float>();
+  at::parallel_for(0, T, 256, [&](int64_t t0, int64_t t1) {
+    for (int64_t p = 1; p < P; ++p) {
+      add_row(dx0 + t0 * D, dx_PTD[p].data_ptr<float>() + t0 * D, (t1 - t0) * D);
+    }
+  });
+  return {dx_PTD[0], dw_M, dw13, dw2};
+}
+
 }  // namespace
 
 // Returns (y_TD, ab_MH): the layer's output and the gate|up pre-activations backward needs.
@@ -355,7 +483,7 @@ std::vector<Tensor> experts_forward(const Tensor& x_TD, const Tensor& w_M, const
     TORCH_CHECK(kHaveBlocked && x_TD.scalar_type() == at::kFloat,
                 "the blocked forward needs float32 and torch's float32 brgemm");
   }
-  if (blocked == 1 || (blocked == -1 && blocked_fits(x_TD, w2_XFD, M))) {
+  if (blocked == 1 || (blocked == -1 && blocked_fits(x_TD, w2_XFD, M, false))) {
     return experts_forward_blocked(x_TD, w_M, w13_XDH, w2_XFD, tok_M, starts);
   }
   const int64_t most = counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
@@ -383,15 +511,27 @@ std::vector<Tensor> experts_forward(const Tensor& x_TD, const Tensor& w_M, const
 std::vector<Tensor> experts_backward(const Tensor& dy_TD, const Tensor& x_TD, const Tensor& w_M,
                                      const Tensor& w13_XDH, const Tensor& w2_XFD,
                                      const Tensor& tok_M, const Tensor& ab_MH,
-                                     const std::vector<int64_t>& counts) {
+                                     const std::vector<int64_t>& counts, int64_t blocked) {
   for (auto* t : {&dy_TD, &x_TD, &w_M, &w13_XDH, &w2_XFD, &tok_M, &ab_MH}) {
     check(*t, "experts_backward input");
   }
   check_dtype(x_TD);
-  const int64_t T = x_TD.size(0), D = x_TD.size(1), F = w2_XFD.size(1);
+  const int64_t T = x_TD.size(0), D = x_TD.size(1), F = w2_XFD.size(1), M = tok_M.size(0);
   const auto starts = starts_of(counts);
-  TORCH_CHECK(starts.back() == tok_M.size(0) && w_M.numel() == tok_M.size(0),
-              "counts must add up to the kept slots");
+  TORCH_CHECK(starts.back() == M, "counts must add up to the kept slots");
+  check_shapes(x_TD, w_M, w13_XDH, w2_XFD, tok_M, counts);
+  TORCH_CHECK(dy_TD.sizes() == x_TD.sizes() && dy_TD.scalar_type() == x_TD.scalar_type() &&
+                  ab_MH.dim() == 2 && ab_MH.size(0) == M && ab_MH.size(1) == 2 * F &&
+                  ab_MH.scalar_type() == x_TD.scalar_type(),
+              "dy must match x, and ab be kept slots x 2F in x's dtype");
+  TORCH_CHECK(blocked >= -1 && blocked <= 1, "blocked must be -1 (pick), 0 or 1, got ", blocked);
+  if (blocked == 1) {
+    TORCH_CHECK(kHaveBlocked && x_TD.scalar_type() == at::kFloat,
+                "the blocked backward needs float32 and torch's float32 brgemm");
+  }
+  if (blocked == 1 || (blocked == -1 && blocked_fits(x_TD, w2_XFD, M, true))) {
+    return experts_backward_blocked(dy_TD, x_TD, w_M, w13_XDH, w2_XFD, tok_M, ab_MH, starts);
+  }
   const int64_t most = counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
   auto opts = x_TD.options();
   Tensor dx_TD = at::zeros({T, D}, opts);
@@ -447,10 +587,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("experts_forward", &experts_forward, "sorted-slot expert loop, forward",
         py::arg("x_TD"), py::arg("w_M"), py::arg("w13_XDH"), py::arg("w2_XFD"), py::arg("tok_M"),
         py::arg("counts"), py::arg("blocked") = -1);
-  m.def("blocked_forward_fits", [](const Tensor& x_TD, const Tensor& w2_XFD, int64_t M) {
-    return blocked_fits(x_TD, w2_XFD, M);
-  }, "whether experts_forward picks the blocked forward for these shapes");
-  m.def("experts_backward", &experts_backward, "sorted-slot expert loop, backward");
+  m.def("blocked_fits", &blocked_fits,
+        "whether experts_forward (backward=False) or experts_backward picks the blocked loop",
+        py::arg("x_TD"), py::arg("w2_XFD"), py::arg("M"), py::arg("backward"));
+  m.def("experts_backward", &experts_backward, "sorted-slot expert loop, backward",
+        py::arg("dy_TD"), py::arg("x_TD"), py::arg("w_M"), py::arg("w13_XDH"),
+        py::arg("w2_XFD"), py::arg("tok_M"), py::arg("ab_MH"), py::arg("counts"),
+        py::arg("blocked") = -1);
   m.def("swiglu_forward", &swiglu_forward, "fused SwiGLU times routing weight, forward");
   m.def("swiglu_backward", &swiglu_backward, "fused SwiGLU times routing weight, backward");
   m.def("parallel_threads", &parallel_threads, "threads the kernels' parallel loops use");
