@@ -264,23 +264,10 @@ MOESCALE_CLONES void add_row(float* __restrict__ dst, const float* __restrict__ 
   for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
 }
 
-// C = A @ B, row-major, A m x k, B k x n with row stride ldb, C m x n with row stride ldc
+// C (m x n, row stride ldb) = A (m x k, row stride k) @ B (k x n, row stride ldb), or C += A @ B,
+// in column blocks of kBlockCols
 void block_mm(int64_t m, int64_t n, int64_t k, const float* A, const float* B, int64_t ldb,
-              float* C) {
-#ifdef MOESCALE_BLOCKED
-  for (int64_t n0 = 0; n0 < n; n0 += kBlockCols) {
-    const int64_t nb = std::min(kBlockCols, n - n0);
-    at::native::cpublas::brgemm(m, nb, k, k, ldb, ldb, false, A, B + n0, C + n0, false);
-  }
-#else
-  TORCH_CHECK(false, "this torch has no float32 brgemm");
-#endif
-}
-
-// C (m x n, row stride n) = A (m x k) @ B (k x n, row stride n), or C += A @ B: the rows of A
-// are the reduction here (a weight gradient over a block's slots), so k is the block's rows
-void block_mm_acc(int64_t m, int64_t n, int64_t k, const float* A, const float* B, int64_t ldb,
-                  float* C, bool accumulate) {
+              float* C, bool accumulate = false) {
 #ifdef MOESCALE_BLOCKED
   for (int64_t n0 = 0; n0 < n; n0 += kBlockCols) {
     const int64_t nb = std::min(kBlockCols, n - n0);
@@ -289,6 +276,17 @@ void block_mm_acc(int64_t m, int64_t n, int64_t k, const float* A, const float* 
 #else
   TORCH_CHECK(false, "this torch has no float32 brgemm");
 #endif
+}
+
+// the threads' private T x D outputs summed into the first, parallel over tokens
+void sum_into_first(const std::vector<Tensor>& out_PTD) {
+  const int64_t T = out_PTD[0].size(0), D = out_PTD[0].size(1);
+  float* first = out_PTD[0].data_ptr<float>();
+  at::parallel_for(0, T, 256, [&](int64_t t0, int64_t t1) {
+    for (size_t p = 1; p < out_PTD.size(); ++p) {
+      add_row(first + t0 * D, out_PTD[p].data_ptr<float>() + t0 * D, (t1 - t0) * D);
+    }
+  });
 }
 
 int64_t blocked_threads(int64_t M) {
@@ -349,12 +347,7 @@ std::vector<Tensor> experts_forward_blocked(const Tensor& x_TD, const Tensor& w_
     at::native::cpublas::brgemm_release(false);
 #endif
   });
-  float* y0 = y_PTD[0].data_ptr<float>();
-  at::parallel_for(0, T, 256, [&](int64_t t0, int64_t t1) {
-    for (int64_t p = 1; p < P; ++p) {
-      add_row(y0 + t0 * D, y_PTD[p].data_ptr<float>() + t0 * D, (t1 - t0) * D);
-    }
-  });
+  sum_into_first(y_PTD);
   return {y_PTD[0], ab_MH};
 }
 
@@ -446,9 +439,9 @@ std::vector<Tensor> experts_backward_blocked(const Tensor& dy_TD, const Tensor& 
           swiglu_bwd(ab_all + s * H, w + s, dgw_BF.data(), gw_BF.data(), dab_BH.data(),
                      dw_all + s, prod.data(), F, 0, rows);
           transpose_into(gw_BF.data(), gwt_FB.data(), rows, F);
-          block_mm_acc(F, D, rows, gwt_FB.data(), dy_BD.data(), D, dw2_e, accumulate);
+          block_mm(F, D, rows, gwt_FB.data(), dy_BD.data(), D, dw2_e, accumulate);
           transpose_into(x_BD.data(), xt_DB.data(), rows, D);
-          block_mm_acc(D, H, rows, xt_DB.data(), dab_BH.data(), H, dw13_e, accumulate);
+          block_mm(D, H, rows, xt_DB.data(), dab_BH.data(), H, dw13_e, accumulate);
           block_mm(rows, D, H, dab_BH.data(), w13t_HD.data(), D, dx_BD.data());
           for (int64_t r = 0; r < rows; ++r) add_row(dx + tok[s + r] * D, &dx_BD[r * D], D);
           s += rows;
@@ -459,12 +452,7 @@ std::vector<Tensor> experts_backward_blocked(const Tensor& dy_TD, const Tensor& 
     at::native::cpublas::brgemm_release(false);
 #endif
   });
-  float* dx0 = dx_PTD[0].data_ptr<float>();
-  at::parallel_for(0, T, 256, [&](int64_t t0, int64_t t1) {
-    for (int64_t p = 1; p < P; ++p) {
-      add_row(dx0 + t0 * D, dx_PTD[p].data_ptr<float>() + t0 * D, (t1 - t0) * D);
-    }
-  });
+  sum_into_first(dx_PTD);
   return {dx_PTD[0], dw_M, dw13, dw2};
 }
 
