@@ -11,8 +11,8 @@ Where an expert's weights fit a core's L2 (float32, 3 * d_model * d_ff/G * 4 byt
 forward, 1 MiB backward; x86-64, where it was measured) the loop is blocked instead: each thread
 runs its share of the sorted slots (forward) or of the experts (backward) in blocks of 128 rows,
 gather to scatter-add, with oneDNN's small-matrix kernel (ATen's cpublas::brgemm). At G 8 on two
-threads it took the layer's forward from 104 to 85 ms and its backward from 208 to 197 ms
-(README, Measured speed).
+threads it took the layer's forward from 104 to 85 ms and its backward from 212-218 to 189-195
+ms (README, Measured speed).
 
 Its own loops (the activation passes, the blocked forward) use torch's intra-op threads through
 ATen's parallel_for, a header template that is serial unless the extension is compiled with
