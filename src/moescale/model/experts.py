@@ -150,7 +150,8 @@ class _LoopExperts(torch.autograd.Function):
 
 class _CppLoopExperts(torch.autograd.Function):
     """_LoopExperts, expert by expert in C++ (model/csrc/experts_cpu.cpp): the same gathers,
-    matmuls and scatter-adds, the activation fused into one pass each way."""
+    matmuls and scatter-adds, the activation fused into one pass each way; small float32 experts
+    run in cache-sized blocks per thread instead (model/cpu_ext.py)."""
 
     @staticmethod
     def forward(ctx, x_TD, w_M, w13_XDH, w2_XFD, tok_M, counts):

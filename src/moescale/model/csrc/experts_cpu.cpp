@@ -292,17 +292,32 @@ void sum_into_first(const std::vector<Tensor>& out_PTD) {
   });
 }
 
+// the threads (and private T x D outputs) of the blocked forward, over M slots in blocks, and
+// of the blocked backward, over X experts
 int64_t blocked_threads(int64_t M) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
                                                 (M + kBlockRows - 1) / kBlockRows));
+}
+int64_t blocked_backward_threads(int64_t X) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), X));
+}
+
+// Runs body(p0, p1) over threads [0, P) and releases the brgemm state each thread set up
+template <typename Body>
+void for_each_thread(int64_t P, const Body& body) {
+  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+    body(p0, p1);
+#ifdef MOESCALE_BLOCKED
+    at::native::cpublas::brgemm_release(false);
+#endif
+  });
 }
 
 bool blocked_fits(const Tensor& x_TD, const Tensor& w2_XFD, int64_t M, bool backward) {
   const int64_t T = x_TD.size(0), D = x_TD.size(1), F = w2_XFD.size(1);
   const int64_t weight_bytes = 3 * D * F * static_cast<int64_t>(sizeof(float));
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());  // backward's P <= this
-  const int64_t output_bytes = std::min(blocked_threads(M), threads) * T * D *
-                               static_cast<int64_t>(sizeof(float));
+  const int64_t P = backward ? blocked_backward_threads(w2_XFD.size(0)) : blocked_threads(M);
+  const int64_t output_bytes = P * T * D * static_cast<int64_t>(sizeof(float));
   const int64_t most = backward ? kBlockedBackwardWeightBytes : kBlockedForwardWeightBytes;
   return kHaveBlocked && x_TD.scalar_type() == at::kFloat && weight_bytes <= most &&
          output_bytes <= kBlockedOutputBytes;
@@ -325,7 +340,7 @@ std::vector<Tensor> experts_forward_blocked(const Tensor& x_TD, const Tensor& w_
   const float *w13 = w13_XDH.data_ptr<float>(), *w2 = w2_XFD.data_ptr<float>();
   const int64_t* tok = tok_M.data_ptr<int64_t>();
   float* ab_all = ab_MH.data_ptr<float>();
-  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+  for_each_thread(P, [&](int64_t p0, int64_t p1) {
     std::vector<float> x_BD(kBlockRows * D), g_BF(kBlockRows * F), o_BD(kBlockRows * D);
     for (int64_t p = p0; p < p1; ++p) {
       float* y = y_PTD[p].data_ptr<float>();
@@ -346,9 +361,6 @@ std::vector<Tensor> experts_forward_blocked(const Tensor& x_TD, const Tensor& w_
         s += rows;
       }
     }
-#ifdef MOESCALE_BLOCKED
-    at::native::cpublas::brgemm_release(false);
-#endif
   });
   sum_into_first(y_PTD);
   return {y_PTD[0], ab_MH};
@@ -449,7 +461,7 @@ std::vector<Tensor> experts_backward_blocked(const Tensor& dy_TD, const Tensor& 
                                              const std::vector<int64_t>& starts) {
   const int64_t T = x_TD.size(0), D = x_TD.size(1), F = w2_XFD.size(1), H = 2 * F;
   const int64_t X = static_cast<int64_t>(starts.size()) - 1;
-  const int64_t P = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), X));
+  const int64_t P = blocked_backward_threads(X);
   const auto cut = split_experts(starts, P);
   Tensor dw_M = at::empty_like(w_M), dw13 = at::empty_like(w13_XDH);
   Tensor dw2 = at::empty_like(w2_XFD);
@@ -461,7 +473,7 @@ std::vector<Tensor> experts_backward_blocked(const Tensor& dy_TD, const Tensor& 
   const int64_t* tok = tok_M.data_ptr<int64_t>();
   float *dw_all = dw_M.data_ptr<float>(), *dw13_all = dw13.data_ptr<float>();
   float* dw2_all = dw2.data_ptr<float>();
-  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+  for_each_thread(P, [&](int64_t p0, int64_t p1) {
     constexpr int64_t R = kBlockRows;
     std::vector<float> w2t_DF(D * F), w13t_HD(H * D), x_BD(R * D), xt_DB(D * R), dy_BD(R * D),
         dgw_BF(R * F), gw_BF(R * F), gwt_FB(F * R), dab_BH(R * H), dx_BD(R * D), prod(F);
@@ -497,9 +509,6 @@ std::vector<Tensor> experts_backward_blocked(const Tensor& dy_TD, const Tensor& 
         }
       }
     }
-#ifdef MOESCALE_BLOCKED
-    at::native::cpublas::brgemm_release(false);
-#endif
   });
   sum_into_first(dx_PTD);
   return {dx_PTD[0], dw_M, dw13, dw2};
