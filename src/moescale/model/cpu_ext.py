@@ -7,12 +7,12 @@ the same ATen calls; the SwiGLU activation, its gradient and the routing weights
 pass each way (ATen took three forward and eight backward), worth 5-6 % of the layer at d_model
 256 with two threads and 11-14 % with one (README, Measured speed). Its float32 exp is its own
 (vectorized; within 2.5 ulp of float64 silu, tests/model/test_cpu_ext.py); float64 uses libm.
-Where an expert's weights fit a core's L2 (float32, 3 * d_model * d_ff/G * 4 bytes <= 2 MiB
-forward, 1 MiB backward; x86-64, where it was measured) the loop is blocked instead: each thread
-runs its share of the sorted slots (forward) or of the experts (backward) in blocks of 128 rows,
-gather to scatter-add, with oneDNN's small-matrix kernel (ATen's cpublas::brgemm). At G 8 on two
-threads it took the layer's forward from 104 to 85 ms and its backward from 212-218 to 189-195
-ms (README, Measured speed).
+Where an expert's weights fit a core's L2 (float32, 3 * d_model * d_ff/G * 4
+bytes up to the L2 forward and half of it backward, 2 and 1 MiB where measured; x86-64) the
+loop is blocked instead: each thread runs its share of the sorted slots (forward) or of the
+experts (backward) in blocks of 128 rows, gather to scatter-add, with oneDNN's small-matrix
+kernel (ATen's cpublas::brgemm). At G 8 on two threads it took the layer's forward from 104 to 85
+ms and its backward from 212-218 to 189-195 ms (README, Measured speed).
 
 Its own loops (the activation passes, the blocked forward) use torch's intra-op threads through
 ATen's parallel_for, a header template that is serial unless the extension is compiled with
@@ -27,20 +27,24 @@ idle cores; README, Measured speed): the same results, slower.
 The first process that needs it compiles it with torch.utils.cpp_extension (a C++ compiler and
 ninja; about 25 s here) into the moescale cache, under a name that carries the hash of the source
 and flags and the torch and Python versions, so an edited source or another torch never loads a
-stale build; later processes import the built module directly. Where it cannot be built (no
-compiler), the Python loop runs instead, after one warning: the same results to float rounding,
-slower.
+stale build; later processes import the built module directly, and mark its folder used. Each
+build removes the builds beside it that no process used for 30 days, and all but the 8 used
+last, so edits of the source do not pile up builds. Where it cannot be built (no compiler), the
+Python loop runs instead, after one warning: the same results to float rounding, slower.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.machinery
 import importlib.util
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -59,6 +63,7 @@ _TORCH_GOMP = sys.platform.startswith("linux") and torch.backends.openmp.is_avai
 OPENMP = ("-fopenmp",) if _TORCH_GOMP else ()
 _loaded: ModuleType | None = None
 _failed = False
+KEEP_BUILDS, KEEP_DAYS = 8, 30  # other builds kept beside the current one (module doc)
 
 
 def _name() -> str:
@@ -113,6 +118,31 @@ def _compiler_is_gcc() -> bool:
     return "gcc version" in out.stderr and "clang" not in out.stderr
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def prune_builds(current: Path) -> list[Path]:
+    """Removes the other builds of this module beside `current` that were last used over
+    KEEP_DAYS ago, or are not among the KEEP_BUILDS used last; returns them. A build another
+    process is making or loading right now was touched seconds ago, so it stays."""
+    others = [p for p in current.parent.glob("moescale_experts_cpu_*")
+              if p.is_dir() and p != current]  # fmt: skip
+    used = {p: _mtime(p) for p in others}  # 0 for one another process removed meanwhile
+    others.sort(key=used.__getitem__, reverse=True)
+    cutoff = time.time() - KEEP_DAYS * 86400
+    stale = [p for i, p in enumerate(others) if i >= KEEP_BUILDS or used[p] < cutoff]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    if stale:
+        logger.info("removed %d old builds of the C++ expert loop from %s", len(stale),
+                    current.parent)  # fmt: skip
+    return stale
+
+
 def get() -> ModuleType | None:
     """The compiled module, or None where it cannot be built (warned once per process)."""
     global _loaded, _failed
@@ -125,8 +155,11 @@ def get() -> ModuleType | None:
             with file_lock(directory / "build.lock"):  # parallel workers build it once
                 if not so.exists():
                     _loaded = _build(directory, name)
+                    prune_builds(directory)
         if _loaded is None:  # built by an earlier process
             _loaded = _import(so, name)
+            with contextlib.suppress(OSError):  # a read-only cache still loads
+                os.utime(directory)  # used now: pruning goes by when a build was last used
     except Exception as exc:  # no compiler or ninja, a failed build: the Python loop runs
         _failed = True
         reason = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]

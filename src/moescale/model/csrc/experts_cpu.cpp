@@ -27,6 +27,9 @@
 #include <cstring>
 #include <utility>
 #include <vector>
+#if defined(__unix__)
+#include <unistd.h>
+#endif
 
 using at::Tensor;
 
@@ -254,13 +257,21 @@ constexpr bool kHaveBlocked = false;
 #endif
 constexpr int64_t kBlockRows = 128;  // slots per block: 64-256 measured within 2 % at G 4-8
 constexpr int64_t kBlockCols = 256;  // brgemm ran G 1's 2F = 2048 columns 1.45x slower whole
-// above these, the per-operation loop: an expert whose weights do not stay in a core's L2
+// Above these, the per-operation loop: an expert whose weights do not stay in a core's L2
 // between blocks, and private output buffers (one T x D per thread) that would take too much
-// memory. Measured at d_model 256, d_ff 1024, 2 threads: the blocked forward was 3 % slower at
-// G 1 (3 MB of weights per expert) and faster from G 2 (1.5 MB); the blocked backward 6 %
-// slower at G 2 and 3-5 % faster at G 4 and 8 (768 and 384 kB).
-constexpr int64_t kBlockedForwardWeightBytes = 2 << 20;
-constexpr int64_t kBlockedBackwardWeightBytes = 1 << 20;
+// memory. Measured at d_model 256, d_ff 1024, 2 threads, on a 2 MiB L2: the blocked forward was
+// 3 % slower at G 1 (3 MB of weights per expert) and faster from G 2 (1.5 MB); the blocked
+// backward (which also keeps the expert's weight gradients in cache) 6 % slower at G 2 and
+// 3-5 % faster at G 4 and 8 (768 and 384 kB). So the forward takes experts up to one L2 and the
+// backward up to half of one, scaled to the core's L2 where glibc reports it (unmeasured on
+// other cache sizes; 2 MiB where it does not say).
+int64_t l2_cache_bytes() {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+  static const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  if (reported > 0) return reported;
+#endif
+  return 2 << 20;
+}
 constexpr int64_t kBlockedOutputBytes = 256 << 20;
 
 MOESCALE_CLONES void add_row(float* __restrict__ dst, const float* __restrict__ src, int64_t n) {
@@ -318,7 +329,7 @@ bool blocked_fits(const Tensor& x_TD, const Tensor& w2_XFD, int64_t M, bool back
   const int64_t weight_bytes = 3 * D * F * static_cast<int64_t>(sizeof(float));
   const int64_t P = backward ? blocked_backward_threads(w2_XFD.size(0)) : blocked_threads(M);
   const int64_t output_bytes = P * T * D * static_cast<int64_t>(sizeof(float));
-  const int64_t most = backward ? kBlockedBackwardWeightBytes : kBlockedForwardWeightBytes;
+  const int64_t most = backward ? l2_cache_bytes() / 2 : l2_cache_bytes();
   return kHaveBlocked && x_TD.scalar_type() == at::kFloat && weight_bytes <= most &&
          output_bytes <= kBlockedOutputBytes;
 }
@@ -646,4 +657,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("swiglu_forward", &swiglu_forward, "fused SwiGLU times routing weight, forward");
   m.def("swiglu_backward", &swiglu_backward, "fused SwiGLU times routing weight, backward");
   m.def("parallel_threads", &parallel_threads, "threads the kernels' parallel loops use");
+  m.def("l2_cache_bytes", &l2_cache_bytes, "a core's L2, which the blocked loops' limits follow");
 }
