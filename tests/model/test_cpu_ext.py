@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -361,14 +362,11 @@ def test_blocked_loop_is_picked_for_small_float32_experts_only():
     w2_g = {g: torch.zeros(8 * g, 1024 // g, 256) for g in (1, 2, 8)}  # d_ff 1024 at G g
     fits = {(g, bwd): ext.blocked_fits(x, w2, 16384 * g, bwd)
             for g, w2 in w2_g.items() for bwd in (False, True)}  # fmt: skip
-    # experts of 3 MB (G 1), 1.5 MB (G 2) and 384 kB (G 8) of weights: the forward takes those
-    # up to a core's L2, the backward up to half of it
-    l2 = ext.l2_cache_bytes()
-    assert l2 > 0
+    # experts of 3 MB (G 1), 1.5 MB (G 2) and 384 kB (G 8) of weights, against the limits
+    limit = {bwd: ext.blocked_weight_limit(bwd) for bwd in (False, True)}
     weights = {g: 3 * 256 * (1024 // g) * 4 for g in w2_g}
-    assert fits == {(g, bwd): weights[g] <= (l2 // 2 if bwd else l2)
-                    for g in w2_g for bwd in (False, True)}  # fmt: skip
-    if l2 == 2 << 20:  # the L2 it was measured on: from G 2 forward, G 4 backward (README)
+    assert fits == {(g, bwd): weights[g] <= limit[bwd] for g in w2_g for bwd in (False, True)}
+    if limit[False] == 2 << 20:  # a 2 MiB L2 with AVX-512, as measured (README)
         assert fits == {(1, False): False, (1, True): False, (2, False): True,
                         (2, True): False, (8, False): True, (8, True): True}  # fmt: skip
     assert not ext.blocked_fits(x.double(), w2_g[8].double(), 131072, False)
@@ -378,6 +376,29 @@ def test_blocked_loop_is_picked_for_small_float32_experts_only():
     with pytest.raises(RuntimeError, match="needs float32"):
         ext.experts_forward(x64.double(), w_M.double(), w13.double(), w2.double(), tok, counts,
                             blocked=1)  # fmt: skip
+
+
+@pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler: the Python loop runs instead")
+def test_blocked_limits_follow_the_l2_and_shrink_without_avx512():
+    """With AVX-512 kernels the forward takes experts up to a core's L2 and the backward half
+    of that; held to AVX2 (measured slower there) half and never."""
+    ext = cpu_ext.get()
+    assert ext is not None
+    if not _have_blocked(ext):
+        pytest.skip("no float32 brgemm here (or not x86-64): the per-operation loop runs")
+    fwd, bwd = ext.blocked_weight_limit(False), ext.blocked_weight_limit(True)
+    assert fwd >= 256 << 10  # no L2 of a current x86 core is smaller
+    avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+    assert bwd == (fwd // 2 if avx512 else 0)
+    if not avx512:
+        return
+    code = ("import torch; from moescale.model import cpu_ext; ext = cpu_ext.get(); "
+            "print(torch.backends.cpu.get_cpu_capability(), ext.blocked_weight_limit(False), "
+            "ext.blocked_weight_limit(True))")  # fmt: skip
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split()  # fmt: skip
+    assert out == ["AVX2", str(fwd // 2), "0"]
 
 
 @pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler: the Python loop runs instead")

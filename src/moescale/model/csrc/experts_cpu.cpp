@@ -16,6 +16,7 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
@@ -259,18 +260,32 @@ constexpr int64_t kBlockRows = 128;  // slots per block: 64-256 measured within 
 constexpr int64_t kBlockCols = 256;  // brgemm ran G 1's 2F = 2048 columns 1.45x slower whole
 // Above these, the per-operation loop: an expert whose weights do not stay in a core's L2
 // between blocks, and private output buffers (one T x D per thread) that would take too much
-// memory. Measured at d_model 256, d_ff 1024, 2 threads, on a 2 MiB L2: the blocked forward was
-// 3 % slower at G 1 (3 MB of weights per expert) and faster from G 2 (1.5 MB); the blocked
-// backward (which also keeps the expert's weight gradients in cache) 6 % slower at G 2 and
-// 3-5 % faster at G 4 and 8 (768 and 384 kB). So the forward takes experts up to one L2 and the
-// backward up to half of one, scaled to the core's L2 where glibc reports it (unmeasured on
-// other cache sizes; 2 MiB where it does not say).
+// memory. Measured at d_model 256, d_ff 1024, 2 threads, on a 2 MiB L2 with AVX-512: the blocked
+// forward was 3 % slower at G 1 (3 MB of weights per expert) and faster from G 2 (1.5 MB); the
+// blocked backward (which also keeps the expert's weight gradients in cache) 6 % slower at G 2
+// and 3-5 % faster at G 4 and 8 (768 and 384 kB). So with AVX-512 the forward takes experts up
+// to one L2 and the backward up to half of one. On the same machine with torch, MKL and oneDNN
+// held to AVX2 (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA), the blocked
+// forward was 6 % slower at G 2 (13 % on one thread) and 4-9 % faster at G 4-8, and the blocked
+// backward 13 % slower at G 4 and 0-3 % faster at G 8, with its transposes still in AVX-512
+// registers, which an AVX2 CPU lacks: there the forward takes experts up to half an L2 and the
+// backward is never blocked. Limits scale with the core's L2 where glibc reports it (unmeasured
+// on other cache sizes; 2 MiB where it does not say).
 int64_t l2_cache_bytes() {
 #ifdef _SC_LEVEL2_CACHE_SIZE
   static const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
   if (reported > 0) return reported;
 #endif
   return 2 << 20;
+}
+// whether torch's kernels run AVX-512 here (the CPU has it, and ATEN_CPU_CAPABILITY allows it)
+bool avx512_kernels() {
+  static const bool yes = at::get_cpu_capability() == "AVX512";
+  return yes;
+}
+int64_t blocked_weight_limit(bool backward) {
+  if (avx512_kernels()) return backward ? l2_cache_bytes() / 2 : l2_cache_bytes();
+  return backward ? 0 : l2_cache_bytes() / 2;
 }
 constexpr int64_t kBlockedOutputBytes = 256 << 20;
 
@@ -329,8 +344,8 @@ bool blocked_fits(const Tensor& x_TD, const Tensor& w2_XFD, int64_t M, bool back
   const int64_t weight_bytes = 3 * D * F * static_cast<int64_t>(sizeof(float));
   const int64_t P = backward ? blocked_backward_threads(w2_XFD.size(0)) : blocked_threads(M);
   const int64_t output_bytes = P * T * D * static_cast<int64_t>(sizeof(float));
-  const int64_t most = backward ? l2_cache_bytes() / 2 : l2_cache_bytes();
-  return kHaveBlocked && x_TD.scalar_type() == at::kFloat && weight_bytes <= most &&
+  return kHaveBlocked && x_TD.scalar_type() == at::kFloat &&
+         weight_bytes <= blocked_weight_limit(backward) &&
          output_bytes <= kBlockedOutputBytes;
 }
 
@@ -657,5 +672,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("swiglu_forward", &swiglu_forward, "fused SwiGLU times routing weight, forward");
   m.def("swiglu_backward", &swiglu_backward, "fused SwiGLU times routing weight, backward");
   m.def("parallel_threads", &parallel_threads, "threads the kernels' parallel loops use");
-  m.def("l2_cache_bytes", &l2_cache_bytes, "a core's L2, which the blocked loops' limits follow");
+  m.def("blocked_weight_limit", &blocked_weight_limit,
+        "the most bytes of weights an expert may have for the blocked loop, forward or backward",
+        py::arg("backward"));
 }
