@@ -390,6 +390,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict], str | None]:
     )
     print(header)
     print("-" * len(header))
+    square = matmul_tflops(4096, 4096, 4096, device, dtype, args.repeats)  # near the peak
     for g in args.granularity:
         cfg = MoEConfig(experts=args.experts, granularity=g, top_k=k, backend="grouped")
         layer = MoEFFN(d, ff, cfg)
@@ -417,6 +418,20 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict], str | None]:
                 f"    grouped {tf:.1f} TFLOP/s vs plain matmul of equal FLOPs "
                 f"{peak:.1f} TFLOP/s ({tf / peak:.0%})"
             )
+        floor_tf = flops / (statistics.median(rounds["gemm_floor"]) * 1e-3) / 1e12
+        rows.append(
+            {
+                "impl": "floor_tflops",
+                "granularity": g,
+                "tflops": floor_tf,
+                "square_matmul_tflops": square,
+                "ratio": floor_tf / square,
+            }
+        )
+        print(
+            f"    gemm_floor {floor_tf * 1e3:.0f} GFLOP/s, {floor_tf / square:.0%} of a 4096^3 "
+            f"matmul's {square * 1e3:.0f} GFLOP/s (how near the floor is to the machine's peak)"
+        )
     print()
     return rows, default_impl
 

@@ -36,6 +36,8 @@ def test_moe_layer_benchmark_runs(tmp_path):
         ratios = [r for r in rows if r["impl"] == "ratio" and r["of"] == of]
         assert [r["granularity"] for r in ratios] == [1, 4]
         assert all(r["q25"] <= r["median"] <= r["q75"] and r["rounds"] == 1 for r in ratios)
+    floors = [r for r in rows if r["impl"] == "floor_tflops"]
+    assert [r["granularity"] for r in floors] == [1, 4] and all(r["ratio"] > 0 for r in floors)
     if "hf_default" in impls:  # transformers installed: how far any implementation could beat it
         assert {r["granularity"] for r in rows if r.get("of") == "hf_default/gemm_floor"} == {1, 4}
 
