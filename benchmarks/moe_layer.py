@@ -14,8 +14,9 @@ ratios are meaningful even on a noisy machine. Peers:
 - `dense`: a SwiGLU FFN of hidden k*d_ff: the same active FLOPs, the practical speed limit.
 - `gemm_floor`: the layer's expert matmul FLOPs alone, as the six dense matmuls of a forward
   and backward into preallocated outputs; no router, activation or token copies. No
-  implementation of the layer in the same precision does less work, so hf_default/gemm_floor is
-  the most any implementation could be faster than transformers' block on this machine.
+  implementation of the layer in the same precision does less work, and these matmuls run near
+  the machine's peak (the run prints how near), so hf_default/gemm_floor is about the most by
+  which any implementation could beat transformers' block on this machine.
 
     python benchmarks/moe_layer.py [--json OUT] [--granularity 1 2 4 8] [--repeats 5]
         [--load N] [--threads N]   # N busy processes during the measurement; torch threads
@@ -439,7 +440,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict], str | None]:
 def summarize(rows: list[dict], args: argparse.Namespace) -> list[dict]:
     """The ratios the README quotes, each the median and quartiles of its per-round ratios
     (rows of kind "ratio" in the JSON): each peer over ours, and transformers' default block
-    over the matmul floor, the most by which any implementation could beat it."""
+    over the matmul floor, about the most by which any implementation could beat it."""
     print("time ratios to grouped: median [quartiles] over rounds")
     out = []
     for g in args.granularity:
