@@ -7,13 +7,13 @@ the same ATen calls; the SwiGLU activation, its gradient and the routing weights
 pass each way (ATen took three forward and eight backward), worth 5-6 % of the layer at d_model
 256 with two threads and 11-14 % with one (README, Measured speed). Its float32 exp is its own
 (vectorized; within 2.5 ulp of float64 silu, tests/model/test_cpu_ext.py); float64 uses libm.
-Where an expert's weights fit a core's L2 (float32, 3 * d_model * d_ff/G * 4
-bytes up to the L2 forward and half of it backward, 2 and 1 MiB where measured; x86-64; with
-torch's kernels held to AVX2, where it measured slower, half an L2 forward only) the loop is
-blocked instead: each thread runs its share of the sorted slots (forward) or of the
-experts (backward) in blocks of 128 rows, gather to scatter-add, with oneDNN's small-matrix
-kernel (ATen's cpublas::brgemm). At G 8 on two threads it took the layer's forward from 104 to 85
-ms and its backward from 212-218 to 189-195 ms (README, Measured speed).
+Where an expert's weights fit a core's L2 (float32, 3 * d_model * d_ff/G * 4 bytes up to the L2
+forward and half of it backward, 2 and 1 MiB where measured; x86-64; where torch's kernels are
+not AVX-512, which measured slower, half an L2 forward only) the loop is blocked instead: each
+thread runs its share of the sorted slots (forward) or of the experts (backward) in blocks of 128
+rows, gather to scatter-add, with oneDNN's small-matrix kernel (ATen's cpublas::brgemm). At G 8 on
+two threads it took the layer's forward from 104 to 85 ms and its backward from 212-218 to
+189-195 ms (README, Measured speed).
 
 Its own loops (the activation passes, the blocked forward) use torch's intra-op threads through
 ATen's parallel_for, a header template that is serial unless the extension is compiled with
