@@ -417,5 +417,12 @@ def test_expert_loop_refuses_indices_and_weights_that_do_not_fit():
             ext.experts_forward(x, w_M, w13[:, :-1].contiguous(), w2, tok, counts, blocked=blocked)
         with pytest.raises(RuntimeError, match="one routing weight per kept slot"):
             ext.experts_forward(x, w_M[:-1], w13, w2, tok, counts, blocked=blocked)
+        short = list(counts)
+        short[next(e for e, n in enumerate(counts) if n)] -= 1  # one slot fewer than tok holds
+        with pytest.raises(RuntimeError, match="counts must add up to the kept slots"):
+            ext.experts_forward(x, w_M, w13, w2, tok, short, blocked=blocked)
+        _, ab = ext.experts_forward(x, w_M, w13, w2, tok, counts, blocked=0)
+        with pytest.raises(RuntimeError, match="counts must add up to the kept slots"):
+            ext.experts_backward(x, x, w_M, w13, w2, tok, ab, short, blocked=blocked)
     with pytest.raises(RuntimeError, match="blocked must be -1"):
         ext.experts_forward(x, w_M, w13, w2, tok, counts, blocked=2)

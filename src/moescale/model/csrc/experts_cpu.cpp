@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 #include <utility>
 #include <vector>
 #if defined(__unix__)
@@ -228,6 +229,8 @@ namespace {
 void check_shapes(const Tensor& x_TD, const Tensor& w_M, const Tensor& w13_XDH,
                   const Tensor& w2_XFD, const Tensor& tok_M, const std::vector<int64_t>& counts) {
   const int64_t X = counts.size(), T = x_TD.size(0), D = x_TD.size(1), M = tok_M.size(0);
+  TORCH_CHECK(std::accumulate(counts.begin(), counts.end(), int64_t{0}) == M,
+              "counts must add up to the kept slots");
   TORCH_CHECK(x_TD.dim() == 2 && w13_XDH.dim() == 3 && w2_XFD.dim() == 3, "x must be T x D, "
               "w13 X x D x 2F and w2 X x F x D");
   const int64_t F = w2_XFD.size(1);
@@ -347,6 +350,18 @@ bool blocked_fits(const Tensor& x_TD, const Tensor& w2_XFD, int64_t M, bool back
   return kHaveBlocked && x_TD.scalar_type() == at::kFloat &&
          weight_bytes <= blocked_weight_limit(backward) &&
          output_bytes <= kBlockedOutputBytes;
+}
+
+// Whether experts_forward / experts_backward run their blocked loop: `blocked` -1 picks
+// (blocked_fits), 0 and 1 force it (tests); forcing it where it cannot run raises
+bool use_blocked(int64_t blocked, const Tensor& x_TD, const Tensor& w2_XFD, int64_t M,
+                 bool backward) {
+  TORCH_CHECK(blocked >= -1 && blocked <= 1, "blocked must be -1 (pick), 0 or 1, got ", blocked);
+  if (blocked == 1) {
+    TORCH_CHECK(kHaveBlocked && x_TD.scalar_type() == at::kFloat, "the blocked ",
+                backward ? "backward" : "forward", " needs float32 and torch's float32 brgemm");
+  }
+  return blocked == 1 || (blocked == -1 && blocked_fits(x_TD, w2_XFD, M, backward));
 }
 
 // Thread p runs sorted slots [M p / P, M (p + 1) / P) block by block and scatter-adds into its own
@@ -551,14 +566,8 @@ std::vector<Tensor> experts_forward(const Tensor& x_TD, const Tensor& w_M, const
   check_dtype(x_TD);
   const int64_t T = x_TD.size(0), D = x_TD.size(1), F = w2_XFD.size(1), M = tok_M.size(0);
   const auto starts = starts_of(counts);
-  TORCH_CHECK(starts.back() == M, "counts must add up to the kept slots");
   check_shapes(x_TD, w_M, w13_XDH, w2_XFD, tok_M, counts);  // the blocked forward reads raw rows
-  TORCH_CHECK(blocked >= -1 && blocked <= 1, "blocked must be -1 (pick), 0 or 1, got ", blocked);
-  if (blocked == 1) {
-    TORCH_CHECK(kHaveBlocked && x_TD.scalar_type() == at::kFloat,
-                "the blocked forward needs float32 and torch's float32 brgemm");
-  }
-  if (blocked == 1 || (blocked == -1 && blocked_fits(x_TD, w2_XFD, M, false))) {
+  if (use_blocked(blocked, x_TD, w2_XFD, M, false)) {
     return experts_forward_blocked(x_TD, w_M, w13_XDH, w2_XFD, tok_M, starts);
   }
   const int64_t most = counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
@@ -593,18 +602,12 @@ std::vector<Tensor> experts_backward(const Tensor& dy_TD, const Tensor& x_TD, co
   check_dtype(x_TD);
   const int64_t T = x_TD.size(0), D = x_TD.size(1), F = w2_XFD.size(1), M = tok_M.size(0);
   const auto starts = starts_of(counts);
-  TORCH_CHECK(starts.back() == M, "counts must add up to the kept slots");
   check_shapes(x_TD, w_M, w13_XDH, w2_XFD, tok_M, counts);
   TORCH_CHECK(dy_TD.sizes() == x_TD.sizes() && dy_TD.scalar_type() == x_TD.scalar_type() &&
                   ab_MH.dim() == 2 && ab_MH.size(0) == M && ab_MH.size(1) == 2 * F &&
                   ab_MH.scalar_type() == x_TD.scalar_type(),
               "dy must match x, and ab be kept slots x 2F in x's dtype");
-  TORCH_CHECK(blocked >= -1 && blocked <= 1, "blocked must be -1 (pick), 0 or 1, got ", blocked);
-  if (blocked == 1) {
-    TORCH_CHECK(kHaveBlocked && x_TD.scalar_type() == at::kFloat,
-                "the blocked backward needs float32 and torch's float32 brgemm");
-  }
-  if (blocked == 1 || (blocked == -1 && blocked_fits(x_TD, w2_XFD, M, true))) {
+  if (use_blocked(blocked, x_TD, w2_XFD, M, true)) {
     return experts_backward_blocked(dy_TD, x_TD, w_M, w13_XDH, w2_XFD, tok_M, ab_MH, starts);
   }
   const int64_t most = counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
