@@ -115,9 +115,10 @@ def test_ctrl_c_stops_workers_and_leaves_runs_resumable(tmp_path: Path, corpus_d
     assert proc.returncode == 130, (f"waited {waited:.1f} s, study alive at the Ctrl-C: {alive}, "
                                     f"runs: {sorted(p.name for p in runs.glob('*/*'))}\n{out}")
     assert "re-run" in out
-    states = {read_summary_or_none(d).status for d in runs.iterdir()
-              if read_summary_or_none(d) is not None}  # fmt: skip
-    assert states <= {"interrupted", "done"} and "interrupted" in states
+    summaries = [s for d in runs.iterdir() if (s := read_summary_or_none(d)) is not None]
+    states = {s.status for s in summaries}
+    assert states <= {"interrupted", "done"} and "interrupted" in states, (
+        [(s.status, s.reason) for s in summaries], out)
     assert not run_study(spec, report=False).failed  # and it resumes
 
 
